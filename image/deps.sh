@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs the host tools that `make image` and `make test` need, from Debian's
+# packages, only when one is missing. Idempotent; safe to run on every build.
+# Usage: image/deps.sh [image|vm|integration|all]
+set -euo pipefail
+
+want=${1:-all}
+# command -> Debian package that ships it
+declare -A image_tools=(
+  [mmdebstrap]=mmdebstrap
+  [mksquashfs]=squashfs-tools
+  [mkfs.vfat]=dosfstools
+  [mcopy]=mtools
+  [sfdisk]=fdisk
+  [mkfs.ext4]=e2fsprogs
+  [objcopy]=binutils
+  [strip]=binutils
+  [zstd]=zstd
+  [xz]=xz-utils
+  [arch-test]=arch-test
+)
+declare -A vm_tools=(
+  [qemu-system-x86_64]=qemu-system-x86
+  [qemu-img]=qemu-utils
+  [/usr/share/OVMF/OVMF_CODE_4M.fd]=ovmf
+)
+declare -A integration_tools=(
+  [ip]=iproute2
+)
+
+missing=()
+check() {
+  local -n tools=$1
+  local t
+  for t in "${!tools[@]}"; do
+    if [[ $t == /* ]]; then [[ -e $t ]] && continue
+    else command -v "$t" >/dev/null 2>&1 && continue; fi
+    missing+=("${tools[$t]}")
+  done
+}
+case $want in
+  image) check image_tools ;;
+  vm) check image_tools; check vm_tools ;;
+  integration) check integration_tools ;;
+  all) check image_tools; check vm_tools; check integration_tools ;;
+  *) echo "deps.sh: unknown set '$want' (expected image, vm, integration or all)" >&2; exit 2 ;;
+esac
+((${#missing[@]} == 0)) && exit 0
+
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [[ $(id -u) != 0 ]]; then
+  echo "deps.sh: missing packages: ${missing[*]}; run as root or: apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+echo "==> installing build dependencies: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# An apt index that was never fetched makes every install fail; refresh once.
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

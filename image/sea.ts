@@ -1,0 +1,100 @@
+// Builds out/rapd: rapd bundled by esbuild and injected into the pinned Node
+// 24 binary as a single executable application (SEA).
+//
+// Order matters: strip the node binary *before* injecting the blob. Stripping
+// after injection rewrites the ELF and the resulting binary segfaults.
+
+import { build } from 'esbuild';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BOX_NODE, OUT, REPO, gitDescribe, humanSize, sh, sha256File, stage } from './tools.ts';
+
+const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
+
+interface RuntimePin {
+  package: string;
+  version: string;
+  sha256: string;
+}
+
+/** Refuse to ship a Node binary that is not exactly the pinned one. */
+export async function verifyRuntime(): Promise<RuntimePin> {
+  const pin = JSON.parse(readFileSync(join(REPO, 'image/node-runtime.json'), 'utf8')) as RuntimePin;
+  const pkg = JSON.parse(readFileSync(join(REPO, 'node_modules', pin.package, 'package.json'), 'utf8')) as { version: string };
+  if (pkg.version !== pin.version) {
+    throw new Error(`node runtime: node_modules has ${pin.package}@${pkg.version}, image/node-runtime.json pins ${pin.version} (run npm ci)`);
+  }
+  if (!/^24\./.test(pin.version)) throw new Error(`node runtime: ${pin.version} is not the Node 24 LTS line`);
+  const got = await sha256File(BOX_NODE);
+  if (got !== pin.sha256) {
+    throw new Error(`node runtime: ${BOX_NODE} has sha256 ${got}, expected ${pin.sha256} from image/node-runtime.json`);
+  }
+  const v = (await sh([BOX_NODE, '--version'])).stdout.trim();
+  if (v !== `v${pin.version}`) throw new Error(`node runtime: binary says ${v}, expected v${pin.version}`);
+  return pin;
+}
+
+export async function buildRapd(): Promise<string> {
+  const work = join(OUT, 'build', 'sea');
+  mkdirSync(work, { recursive: true });
+  stage('rapd: verify pinned node runtime');
+  const pin = await verifyRuntime();
+
+  stage('rapd: bundle with esbuild');
+  const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string };
+  const version = `${pkg.version}+${await gitDescribe()}`;
+  const bundle = join(work, 'rapd.cjs');
+  await build({
+    entryPoints: [join(REPO, 'src/rapd/main.ts')],
+    outfile: bundle,
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node24',
+    define: { __RAPD_VERSION__: JSON.stringify(version) },
+    legalComments: 'none',
+    logLevel: 'warning',
+  });
+
+  stage('rapd: make SEA blob');
+  const seaConfig = join(work, 'sea-config.json');
+  const blob = join(work, 'rapd.blob');
+  writeFileSync(
+    seaConfig,
+    JSON.stringify({
+      main: bundle,
+      output: blob,
+      disableExperimentalSEAWarning: true,
+      // A code cache is V8-build specific and not byte-stable; startup is fast without.
+      useCodeCache: false,
+      useSnapshot: false,
+      // A box daemon must not load code from the environment (NODE_OPTIONS).
+      execArgvExtension: 'none',
+    }),
+  );
+  await sh([BOX_NODE, '--experimental-sea-config', seaConfig], { cwd: work });
+
+  stage('rapd: strip node, inject blob');
+  const tmp = join(work, 'rapd.tmp');
+  copyFileSync(BOX_NODE, tmp);
+  chmodSync(tmp, 0o755);
+  await sh(['strip', '--strip-all', tmp]);
+  await sh([BOX_NODE, join(REPO, 'node_modules/postject/dist/cli.js'), tmp, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SEA_FUSE]);
+
+  // Prove it runs with no node on PATH and with hostile NODE_OPTIONS ignored.
+  const check = await sh([tmp, '--version'], { cleanEnv: true, env: { PATH: '/nonexistent', NODE_OPTIONS: '--require=/nonexistent.js' } });
+  if (!check.stdout.startsWith(`rapd ${version} (node v${pin.version})`)) {
+    throw new Error(`built rapd answered ${JSON.stringify(check.stdout)} to --version`);
+  }
+  const out = join(OUT, 'rapd');
+  renameSync(tmp, out);
+  stage(`rapd: ${out} ${humanSize(statSync(out).size)} (${version}, node v${pin.version})`);
+  return out;
+}
+
+if (import.meta.main) {
+  buildRapd().catch((e: unknown) => {
+    process.stderr.write(`build rapd: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,41 @@
+// One error base for the whole code base. `code` is stable (tests, logs and
+// the center match on it); `message` is for people; `context` carries the
+// facts that explain it (argv, key, path...). Each layer may wrap an error with
+// its own code and keep the original as `cause`.
+
+export type RapErrorCode =
+  | 'RAP_CONFIG'
+  | 'RAP_CONFIG_READ'
+  | 'RAP_STATE_DIR'
+  | 'RAP_RUN'
+  | 'RAP_RUN_MISSING'
+  | 'RAP_NOTIFY'
+  | 'RAP_CONTROL'
+  | 'RAP_USAGE'
+  | 'RAP_IMAGE';
+
+export class RapError extends Error {
+  readonly code: RapErrorCode;
+  readonly context: Record<string, unknown>;
+
+  constructor(
+    code: RapErrorCode,
+    message: string,
+    context: Record<string, unknown> = {},
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'RapError';
+    this.code = code;
+    this.context = context;
+  }
+}
+
+export function isRapError(e: unknown, code?: RapErrorCode): e is RapError {
+  return e instanceof RapError && (code === undefined || e.code === code);
+}
+
+/** The message of anything thrown, for one-line error reports. */
+export function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,52 @@
+// The local control protocol between rapctl and rapd over the owner-only unix
+// socket: one JSON request per line, one JSON response per line. Shared by
+// both ends so they cannot drift apart.
+
+export const CONTROL_METHODS = ['status'] as const;
+export type ControlMethod = (typeof CONTROL_METHODS)[number];
+
+export interface ControlRequest {
+  method: ControlMethod;
+}
+
+export interface StatusReport {
+  name: string;
+  version: string;
+  node: string;
+  pid: number;
+  state: 'starting' | 'running' | 'stopping';
+  startedAt: string;
+  uptimeSeconds: number;
+  /** Root slot we booted from ("a"/"b"), or null when not booted from an image slot. */
+  slot: string | null;
+  paths: { state: string; runtime: string };
+  config: Record<string, unknown>;
+}
+
+export type ControlResponse =
+  | { ok: true; result: StatusReport }
+  | { ok: false; error: { code: string; message: string } };
+
+/** Largest request line accepted; a request is tiny, anything bigger is abuse. */
+export const MAX_REQUEST_BYTES = 4096;
+
+/** Parse one request line; throws an Error whose message names what is wrong. */
+export function parseControlRequest(line: string): ControlRequest {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(line);
+  } catch (e) {
+    throw new Error(`request is not valid JSON: ${(e as Error).message}`);
+  }
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
+    throw new Error('request must be a JSON object');
+  }
+  const method = (doc as { method?: unknown }).method;
+  if (typeof method !== 'string') throw new Error("request has no string 'method'");
+  if (!(CONTROL_METHODS as readonly string[]).includes(method)) {
+    throw new Error(`unknown method ${JSON.stringify(method)} (known: ${CONTROL_METHODS.join(', ')})`);
+  }
+  const extra = Object.keys(doc).filter((k) => k !== 'method');
+  if (extra.length > 0) throw new Error(`unknown request field(s): ${extra.join(', ')}`);
+  return { method: method as ControlMethod };
+}

@@ -1,0 +1,27 @@
+// Every host path rapd touches comes from here, so tests can point the whole
+// daemon at a temporary tree.
+
+import { join } from 'node:path';
+import type { Config } from './config.ts';
+
+export interface Paths {
+  /** Durable state on the data partition. */
+  state: string;
+  /** Owner-only runtime directory (tmpfs). */
+  runtime: string;
+  /** The control socket rapctl talks to. */
+  controlSocket: string;
+  /** The kernel command line (boot slot). */
+  procCmdline: string;
+}
+
+export const DEFAULT_CONTROL_SOCKET = '/run/rapd/rapd.sock';
+
+export function pathsFromConfig(config: Config, procRoot = '/proc'): Paths {
+  return {
+    state: config['paths.state'],
+    runtime: config['paths.runtime'],
+    controlSocket: join(config['paths.runtime'], 'rapd.sock'),
+    procCmdline: join(procRoot, 'cmdline'),
+  };
+}
