@@ -1,0 +1,385 @@
+// `make image`: builds out/rapbox.img, a raw GPT disk with an EFI system
+// partition (systemd-boot), root slots A and B (read-only squashfs) and a data
+// partition (ext4, /var). No loop mounts: every filesystem is made from a
+// directory or by mtools, then placed into the disk file with dd.
+//
+// Stages (each prints a progress line):
+//   base    mmdebstrap trixie -> out/cache/base-<key>.tar (reused while its inputs are unchanged)
+//   tree    base + rootfs-overlay/ + out/rapd + presets -> out/build/rootfs/
+//   root    mksquashfs -> out/build/root.sqfs
+//   esp     vfat + systemd-boot + a kernel/initrd and entry per slot -> out/build/esp.img
+//   data    empty ext4 -> out/build/data.img
+//   disk    sfdisk + dd -> out/rapbox.img, out/SHA256SUMS, out/image.json
+// A second run with unchanged inputs does nothing (input stamp in out/image.json).
+
+import { createHash } from 'node:crypto';
+import {
+  chmodSync,
+  cpSync,
+  existsSync,
+  lchownSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { join, relative } from 'node:path';
+import { DISK_LABEL_ID, diskSize, loadLayout, renderSfdisk, stableUuid, type Partition } from './layout.ts';
+import { OUT, REPO, humanSize, info, sh, sha256File, sourceDateEpoch, stage } from './tools.ts';
+
+const SUITE = 'trixie';
+const MiB = 1024 * 1024;
+const BUILD = join(OUT, 'build');
+const CACHE = join(OUT, 'cache');
+
+// Documentation, manuals and translations are no use on a headless box; the
+// copyright files stay (licence compliance).
+const DPKG_EXCLUDES = [
+  'path-exclude=/usr/share/man/*',
+  'path-exclude=/usr/share/info/*',
+  'path-exclude=/usr/share/doc/*',
+  'path-include=/usr/share/doc/*/copyright',
+  'path-exclude=/usr/share/locale/*',
+  'path-exclude=/usr/share/lintian/*',
+];
+
+export function readPackageList(text: string): string[] {
+  return text
+    .split('\n')
+    .map((l) => l.replace(/#.*/, '').trim())
+    .filter((l) => l.length > 0)
+    .map((l, i) => {
+      if (!/^[a-z0-9][a-z0-9+.-]+$/.test(l)) throw new Error(`image/packages.txt: line ${i + 1}: '${l}' is not a Debian package name`);
+      return l;
+    });
+}
+
+function hashOf(...parts: (string | Buffer)[]): string {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p).update('\0');
+  return h.digest('hex');
+}
+
+/** Epoch for the base tarball: the last commit that touched its inputs, so unrelated commits reuse the cache. */
+async function baseEpoch(inputs: string[]): Promise<number> {
+  try {
+    const r = await sh(['git', '-C', REPO, 'log', '-1', '--format=%ct', '--', ...inputs]);
+    const v = Number(r.stdout.trim());
+    if (Number.isInteger(v) && v > 0) return v;
+  } catch {
+    // no git: fall back to the build epoch
+  }
+  return sourceDateEpoch();
+}
+
+async function buildBase(): Promise<string> {
+  const pkgFile = join(REPO, 'image/packages.txt');
+  const hookFile = join(REPO, 'image/initramfs-modules-hook');
+  const packages = readPackageList(readFileSync(pkgFile, 'utf8'));
+  const epoch = await baseEpoch(['image/packages.txt', 'image/initramfs-modules-hook']);
+  const argv = [
+    'mmdebstrap',
+    '--mode=root',
+    '--variant=minbase',
+    '--format=tar',
+    `--include=${packages.join(',')}`,
+    ...DPKG_EXCLUDES.map((e) => `--dpkgopt=${e}`),
+    // The initrd is generated when the kernel is installed; our module hook
+    // must be in place before that, hence an essential hook.
+    '--essential-hook=mkdir -p "$1/etc/initramfs-tools/hooks"',
+    `--essential-hook=copy-in ${hookFile} /etc/initramfs-tools/hooks/`,
+    SUITE,
+  ];
+  const key = hashOf(JSON.stringify(argv), readFileSync(hookFile), String(epoch)).slice(0, 16);
+  const tar = join(CACHE, `base-${SUITE}-${key}.tar`);
+  if (existsSync(tar)) {
+    stage(`base: reusing ${relative(REPO, tar)}`);
+    return tar;
+  }
+  stage(`base: mmdebstrap ${SUITE} (${packages.length} packages; ~1 min)`);
+  mkdirSync(CACHE, { recursive: true });
+  for (const old of readdirSync(CACHE)) if (old.startsWith('base-')) rmSync(join(CACHE, old), { force: true });
+  const partial = `${tar}.partial`;
+  await sh([...argv, partial], { env: { SOURCE_DATE_EPOCH: String(epoch) }, timeoutMs: 30 * 60_000 });
+  await sh(['mv', partial, tar]);
+  info(`${humanSize(statSync(tar).size)} base tarball`);
+  return tar;
+}
+
+/** Copy rootfs-overlay/ into the tree, owned by root whatever the checkout's owner. */
+function applyOverlay(overlay: string, tree: string): void {
+  const walk = (rel: string): void => {
+    for (const name of readdirSync(join(overlay, rel)).sort()) {
+      const r = join(rel, name);
+      const src = join(overlay, r);
+      const dst = join(tree, r);
+      const st = statSync(src);
+      if (st.isDirectory()) {
+        mkdirSync(dst, { recursive: true });
+        walk(r);
+      } else {
+        rmSync(dst, { force: true });
+        cpSync(src, dst);
+        // Git keeps only the executable bit; normalise the rest.
+        chmodSync(dst, st.mode & 0o111 ? 0o755 : 0o644);
+      }
+      lchownSync(dst, 0, 0);
+    }
+  };
+  walk('.');
+}
+
+async function buildTree(baseTar: string, rapd: string): Promise<string> {
+  const tree = join(BUILD, 'rootfs');
+  stage('tree: unpack base, apply rootfs-overlay/, install rapd');
+  rmSync(tree, { recursive: true, force: true });
+  mkdirSync(tree, { recursive: true });
+  await sh(['tar', '-C', tree, '--numeric-owner', '-xpf', baseTar]);
+
+  // mmdebstrap copies the build host's hostname and resolver into the tree.
+  for (const f of ['etc/hostname', 'etc/resolv.conf']) rmSync(join(tree, f), { force: true });
+  symlinkSync('../run/systemd/resolve/stub-resolv.conf', join(tree, 'etc/resolv.conf'));
+  applyOverlay(join(REPO, 'rootfs-overlay'), tree);
+
+  cpSync(rapd, join(tree, 'usr/bin/rapd'));
+  chmodSync(join(tree, 'usr/bin/rapd'), 0o755);
+  rmSync(join(tree, 'usr/bin/rapctl'), { force: true });
+  symlinkSync('rapd', join(tree, 'usr/bin/rapctl'));
+
+  // Empty machine-id on a read-only root: systemd uses a transient one and
+  // does not run first-boot logic (machine-id(5)).
+  writeFileSync(join(tree, 'etc/machine-id'), '');
+  // Mount point for the ESP if anything asks; gpt-auto is off on the cmdline.
+  mkdirSync(join(tree, 'efi'), { recursive: true });
+
+  stage('tree: apply presets (only what 00-rapbox.preset enables)');
+  // Start from nothing enabled, then let the preset decide.
+  for (const d of ['etc/systemd/system/multi-user.target.wants', 'etc/systemd/system/timers.target.wants', 'etc/systemd/system/getty.target.wants']) {
+    rmSync(join(tree, d), { recursive: true, force: true });
+  }
+  await sh(['chroot', tree, 'systemctl', 'preset-all', '--preset-mode=full']);
+  await sh(['chroot', tree, 'systemctl', 'set-default', 'multi-user.target']);
+  const enabled = (await sh(['chroot', tree, 'systemctl', 'list-unit-files', '--state=enabled', '--no-legend', '--plain'])).stdout;
+  info(`enabled: ${enabled.split('\n').filter(Boolean).map((l) => l.split(/\s+/)[0]).join(' ')}`);
+  return tree;
+}
+
+async function buildRoot(tree: string, epoch: number): Promise<string> {
+  const img = join(BUILD, 'root.sqfs');
+  stage('root: mksquashfs (zstd)');
+  rmSync(img, { force: true });
+  // -reproducible + SOURCE_DATE_EPOCH (never together with -mkfs-time) gives
+  // identical bytes; /boot lives on the ESP, not needed in the slot.
+  await sh(['mksquashfs', tree, img, '-comp', 'zstd', '-noappend', '-reproducible', '-no-progress', '-quiet', '-e', 'boot'], {
+    env: { SOURCE_DATE_EPOCH: String(epoch) },
+  });
+  info(`${humanSize(statSync(img).size)} root.sqfs`);
+  return img;
+}
+
+function kernelFiles(tree: string): { vmlinuz: string; initrd: string; version: string } {
+  const boot = join(tree, 'boot');
+  const kernels = readdirSync(boot).filter((f) => f.startsWith('vmlinuz-'));
+  if (kernels.length !== 1) throw new Error(`expected one kernel in ${boot}, found ${kernels.join(', ') || 'none'}`);
+  const version = kernels[0]!.slice('vmlinuz-'.length);
+  const initrd = join(boot, `initrd.img-${version}`);
+  if (!existsSync(initrd)) throw new Error(`no initrd for kernel ${version} in ${boot}`);
+  return { vmlinuz: join(boot, kernels[0]!), initrd, version };
+}
+
+export function kernelCmdline(root: Partition, slot: 'a' | 'b'): string {
+  return [
+    `root=PARTUUID=${root.uuid.toLowerCase()}`,
+    'rootfstype=squashfs',
+    'ro',
+    `rapbox.slot=${slot}`,
+    'console=ttyS0,115200',
+    // Partitions are named explicitly; gpt-auto would try to mount the ESP on
+    // a read-only root (efi.automount fails).
+    'systemd.gpt_auto=0',
+    'panic=10',
+  ].join(' ');
+}
+
+export function loaderEntry(slot: 'a' | 'b', version: string, cmdline: string): string {
+  return [
+    `title rapbox (slot ${slot.toUpperCase()})`,
+    `version ${version}`,
+    `linux /rapbox/${slot}/vmlinuz`,
+    `initrd /rapbox/${slot}/initrd.img`,
+    `options ${cmdline}`,
+    '',
+  ].join('\n');
+}
+
+async function buildEsp(tree: string, esp: Partition, roots: { a: Partition; b: Partition }, epoch: number): Promise<string> {
+  const img = join(BUILD, 'esp.img');
+  stage('esp: vfat, systemd-boot, kernel + initrd + entry per slot');
+  rmSync(img, { force: true });
+  const env = { SOURCE_DATE_EPOCH: String(epoch) };
+  const volId = stableUuid('esp-volume-id').replaceAll('-', '').slice(0, 8);
+  await sh(['mkfs.vfat', '-C', '-F', '32', '--invariant', '-i', volId, '-n', 'RAPBOX-ESP', img, String(esp.sizeMiB * 1024)], { env });
+  const k = kernelFiles(tree);
+  const staging = join(BUILD, 'esp');
+  rmSync(staging, { recursive: true, force: true });
+  const put = (rel: string, from: string | { text: string }): void => {
+    const dst = join(staging, rel);
+    mkdirSync(join(dst, '..'), { recursive: true });
+    if (typeof from === 'string') cpSync(from, dst);
+    else writeFileSync(dst, from.text);
+  };
+  const sdboot = join(tree, 'usr/lib/systemd/boot/efi/systemd-bootx64.efi');
+  put('EFI/BOOT/BOOTX64.EFI', sdboot);
+  put('EFI/systemd/systemd-bootx64.efi', sdboot);
+  // editor no: nobody at the console may edit the kernel command line.
+  put('loader/loader.conf', { text: 'default rapbox-a.conf\ntimeout 0\neditor no\nconsole-mode keep\n' });
+  for (const slot of ['a', 'b'] as const) {
+    put(`rapbox/${slot}/vmlinuz`, k.vmlinuz);
+    put(`rapbox/${slot}/initrd.img`, k.initrd);
+    put(`loader/entries/rapbox-${slot}.conf`, { text: loaderEntry(slot, k.version, kernelCmdline(roots[slot], slot)) });
+  }
+  // mcopy -s copies the staged tree; sorted names and SOURCE_DATE_EPOCH keep it stable.
+  const top = readdirSync(staging).sort().map((n) => join(staging, n));
+  await sh(['mcopy', '-i', img, '-s', '-p', '-Q', ...top, '::/'], { env });
+  return img;
+}
+
+async function buildData(part: Partition, epoch: number): Promise<string> {
+  const img = join(BUILD, 'data.img');
+  stage('data: empty ext4 for /var');
+  rmSync(img, { force: true });
+  const uuid = part.uuid.toLowerCase();
+  await sh(
+    ['mkfs.ext4', '-q', '-F', '-L', 'rapbox-data', '-U', uuid, '-E', `hash_seed=${stableUuid('data-hash-seed').toLowerCase()}`, '-m', '0', img, `${part.sizeMiB}M`],
+    { env: { E2FSPROGS_FAKE_TIME: String(epoch) } },
+  );
+  return img;
+}
+
+async function buildDisk(layout: Partition[], images: Map<string, string>): Promise<string> {
+  const disk = join(OUT, 'rapbox.img');
+  stage('disk: GPT with sfdisk, place partitions');
+  const partial = `${disk}.partial`;
+  rmSync(partial, { force: true });
+  await sh(['truncate', '-s', String(diskSize(layout)), partial]);
+  await sh(['sfdisk', '--no-reread', '--no-tell-kernel', '-q', partial], { input: renderSfdisk(layout) });
+  for (const p of layout) {
+    const img = images.get(p.label);
+    if (!img) continue;
+    const size = statSync(img).size;
+    if (size > p.sizeMiB * MiB) throw new Error(`${p.label}: ${humanSize(size)} does not fit its ${p.sizeMiB} MiB partition`);
+    await sh(['dd', `if=${img}`, `of=${partial}`, 'bs=1M', 'oflag=seek_bytes', `seek=${p.offset}`, 'conv=notrunc,sparse', 'status=none']);
+    info(`${p.label.padEnd(16)} ${humanSize(size).padStart(10)} of ${p.sizeMiB} MiB`);
+  }
+  await sh(['mv', partial, disk]);
+  return disk;
+}
+
+/** Hash of everything the image is made from, to skip a build with no changes. */
+function inputStamp(baseTar: string, rapdSha: string, epoch: number): string {
+  const files: string[] = [];
+  const walk = (dir: string): void => {
+    for (const n of readdirSync(dir).sort()) {
+      const p = join(dir, n);
+      if (statSync(p).isDirectory()) walk(p);
+      else files.push(p);
+    }
+  };
+  walk(join(REPO, 'rootfs-overlay'));
+  walk(join(REPO, 'image'));
+  const h = createHash('sha256').update(`${baseTar}\0${rapdSha}\0${epoch}\0`);
+  for (const f of files) h.update(relative(REPO, f)).update('\0').update(String(statSync(f).mode & 0o111)).update(readFileSync(f));
+  return h.digest('hex');
+}
+
+export async function buildImage(): Promise<void> {
+  const started = Date.now();
+  const rapd = join(OUT, 'rapd');
+  if (!existsSync(rapd)) throw new Error(`${rapd} is missing: run make build first`);
+  const epoch = await sourceDateEpoch();
+  const layout = loadLayout(join(REPO, 'image/partitions'));
+  const byLabel = (l: string): Partition => {
+    const p = layout.find((x) => x.label === l);
+    if (!p) throw new Error(`image/partitions: no partition labelled ${l}`);
+    return p;
+  };
+  const baseTar = await buildBase();
+  const rapdSha = await sha256File(rapd);
+  const stamp = inputStamp(baseTar, rapdSha, epoch);
+  const manifestPath = join(OUT, 'image.json');
+  if (existsSync(manifestPath) && existsSync(join(OUT, 'rapbox.img'))) {
+    const old = JSON.parse(readFileSync(manifestPath, 'utf8')) as { inputStamp?: string };
+    if (old.inputStamp === stamp) {
+      stage('image: up to date (inputs unchanged)');
+      printSummary(JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest);
+      return;
+    }
+  }
+  mkdirSync(BUILD, { recursive: true });
+  const tree = await buildTree(baseTar, rapd);
+  const root = await buildRoot(tree, epoch);
+  const esp = await buildEsp(tree, byLabel('rapbox-esp'), { a: byLabel('rapbox-root-a'), b: byLabel('rapbox-root-b') }, epoch);
+  const data = await buildData(byLabel('rapbox-data'), epoch);
+  const disk = await buildDisk(
+    layout,
+    new Map([
+      ['rapbox-esp', esp],
+      ['rapbox-root-a', root],
+      ['rapbox-root-b', root],
+      ['rapbox-data', data],
+    ]),
+  );
+
+  stage('summary: sha256, compressed size');
+  const zst = `${disk}.zst`;
+  rmSync(zst, { force: true });
+  await sh(['zstd', '-q', '-T0', '-10', '-f', disk, '-o', zst]);
+  const manifest: Manifest = {
+    inputStamp: stamp,
+    sourceDateEpoch: epoch,
+    diskLabelId: DISK_LABEL_ID,
+    partitions: layout.map((p) => ({ label: p.label, uuid: p.uuid.toLowerCase(), offset: p.offset, sizeMiB: p.sizeMiB })),
+    files: {},
+    buildSeconds: Math.round((Date.now() - started) / 1000),
+  };
+  for (const f of [disk, zst, root, rapd]) {
+    manifest.files[relative(OUT, f)] = { bytes: statSync(f).size, sha256: await sha256File(f) };
+  }
+  writeFileSync(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
+  writeFileSync(
+    join(OUT, 'SHA256SUMS'),
+    Object.entries(manifest.files)
+      .map(([n, f]) => `${f.sha256}  ${n}\n`)
+      .join(''),
+  );
+  if (existsSync(join(OUT, 'rapbox.img.partial'))) unlinkSync(join(OUT, 'rapbox.img.partial'));
+  printSummary(manifest);
+}
+
+interface Manifest {
+  inputStamp: string;
+  sourceDateEpoch: number;
+  diskLabelId: string;
+  partitions: { label: string; uuid: string; offset: number; sizeMiB: number }[];
+  files: Record<string, { bytes: number; sha256: string }>;
+  buildSeconds: number;
+}
+
+function printSummary(m: Manifest): void {
+  process.stderr.write('\n  file                 size        sha256\n');
+  for (const [name, f] of Object.entries(m.files)) {
+    process.stderr.write(`  ${name.padEnd(20)} ${humanSize(f.bytes).padStart(10)}  ${f.sha256}\n`);
+  }
+  process.stderr.write(`  SOURCE_DATE_EPOCH=${m.sourceDateEpoch}; built in ${m.buildSeconds}s\n\n`);
+}
+
+if (import.meta.main) {
+  buildImage().catch((e: unknown) => {
+    process.stderr.write(`make image: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  });
+}
