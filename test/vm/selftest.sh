@@ -1,0 +1,26 @@
+#!/bin/sh
+# Runs inside the booted image (injected by test/vm as a systemd credential;
+# the image does not ship it). Waits, bounded, for boot to finish, then prints
+# raw facts on the serial console, one per line as
+#   RAPBOX-RESULT <name> <base64 of the output>
+# so the host can assert on them, and powers off.
+# No assertions here: the host decides what is right.
+
+out() { printf 'RAPBOX-RESULT %s %s\n' "$1" "$(printf '%s' "$2" | base64 -w0)" >/dev/console; }
+
+printf 'RAPBOX-SELFTEST-BEGIN\n' >/dev/console
+state=$(timeout 240 systemctl is-system-running --wait 2>&1)
+out system-state "$state"
+out failed-units "$(systemctl --failed --plain --no-legend 2>&1)"
+out rapd-show "$(systemctl show rapd.service -p ActiveState -p SubState -p StatusText -p Type -p NRestarts -p MainPID -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic 2>&1)"
+out rapctl-json "$(timeout 20 rapctl status --json 2>&1)"
+out rapctl-text "$(timeout 20 rapctl status 2>&1)"
+pid=$(systemctl show rapd.service -p MainPID --value)
+out rapd-proc-status "$(cat /proc/"$pid"/status 2>&1)"
+out rapd-socket "$(stat -c '%a %U %F %n' /run/rapd /run/rapd/rapd.sock 2>&1)"
+out mounts "$(findmnt -rn -o TARGET,SOURCE,FSTYPE,OPTIONS 2>&1)"
+out cmdline "$(cat /proc/cmdline)"
+out analyze "$(systemd-analyze 2>&1 | head -1)"
+out rapd-journal "$(journalctl -u rapd.service -b --no-pager -o cat 2>&1 | tail -20)"
+printf 'RAPBOX-SELFTEST-END\n' >/dev/console
+systemctl poweroff --no-block
