@@ -45,17 +45,17 @@ typecheck: npm
 # prints the closing "N passed, N failed" line over all tiers run.
 unit: npm
 	@mkdir -p out/test
-	$(TAP) test/unit | tee out/test/unit.tap
+	$(TAP) 'test/unit/**/*.test.ts' | tee out/test/unit.tap
 
 integration: build
 	@mkdir -p out/test
 	image/deps.sh integration
-	$(TAP) test/integration | tee out/test/integration.tap
+	$(TAP) 'test/integration/**/*.test.ts' | tee out/test/integration.tap
 
 vm: image
 	@mkdir -p out/test
 	image/deps.sh vm
-	$(TAP) test/vm | tee out/test/vm.tap
+	$(TAP) 'test/vm/**/*.test.ts' | tee out/test/vm.tap
 
 check:
 	@rm -f out/test/*.tap
