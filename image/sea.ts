@@ -5,7 +5,7 @@
 // after injection rewrites the ELF and the resulting binary segfaults.
 
 import { build } from 'esbuild';
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BOX_NODE, OUT, REPO, gitDescribe, humanSize, sh, sha256File, stage } from './tools.ts';
 
@@ -56,12 +56,9 @@ export async function buildRapd(): Promise<string> {
     logLevel: 'warning',
   });
 
-  stage('rapd: make SEA blob');
   const seaConfig = join(work, 'sea-config.json');
   const blob = join(work, 'rapd.blob');
-  writeFileSync(
-    seaConfig,
-    JSON.stringify({
+  const seaSettings = JSON.stringify({
       main: bundle,
       output: blob,
       disableExperimentalSEAWarning: true,
@@ -70,8 +67,18 @@ export async function buildRapd(): Promise<string> {
       useSnapshot: false,
       // A box daemon must not load code from the environment (NODE_OPTIONS).
       execArgvExtension: 'none',
-    }),
-  );
+  });
+  const out = join(OUT, 'rapd');
+  // Same bundle, same runtime, same SEA settings: the binary would not change.
+  const stampFile = join(work, 'stamp');
+  const stamp = `${await sha256File(bundle)} ${pin.sha256} ${seaSettings}`;
+  if (existsSync(out) && existsSync(stampFile) && readFileSync(stampFile, 'utf8') === stamp) {
+    stage(`rapd: up to date (${version})`);
+    return out;
+  }
+
+  stage('rapd: make SEA blob');
+  writeFileSync(seaConfig, seaSettings);
   await sh([BOX_NODE, '--experimental-sea-config', seaConfig], { cwd: work });
 
   stage('rapd: strip node, inject blob');
@@ -86,8 +93,8 @@ export async function buildRapd(): Promise<string> {
   if (!check.stdout.startsWith(`rapd ${version} (node v${pin.version})`)) {
     throw new Error(`built rapd answered ${JSON.stringify(check.stdout)} to --version`);
   }
-  const out = join(OUT, 'rapd');
   renameSync(tmp, out);
+  writeFileSync(stampFile, stamp);
   stage(`rapd: ${out} ${humanSize(statSync(out).size)} (${version}, node v${pin.version})`);
   return out;
 }
