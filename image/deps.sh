@@ -26,6 +26,9 @@ declare -A vm_tools=(
 )
 declare -A integration_tools=(
   [ip]=iproute2
+  [openssl]=openssl
+  [tinyproxy]=tinyproxy
+  [danted]=dante-server
 )
 
 missing=()

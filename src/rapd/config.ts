@@ -10,12 +10,22 @@
 import { readFileSync } from 'node:fs';
 import { RapError } from '../lib/errors.ts';
 
-type SettingType =
+type ScalarType =
   | { kind: 'string'; pattern?: RegExp; patternDoc?: string }
   | { kind: 'enum'; values: readonly string[] }
   | { kind: 'integer'; min: number; max: number }
   | { kind: 'boolean' }
-  | { kind: 'path' };
+  | { kind: 'path' }
+  | { kind: 'url'; schemes: readonly string[]; allowEmpty: boolean };
+
+/** A field of a list item: its own type, default (undefined = required) and doc. */
+interface FieldSpec {
+  type: ScalarType;
+  default?: string | number | boolean;
+  doc: string;
+}
+
+type SettingType = ScalarType | { kind: 'list'; itemName: string; fields: Readonly<Record<string, FieldSpec>>; unique: string; maxItems: number };
 
 interface Setting<V> {
   key: string;
@@ -55,6 +65,121 @@ export const SETTINGS = [
     doc: 'Runtime directory for the owner-only control socket `rapd.sock`.',
   },
   {
+    key: 'device.id',
+    type: { kind: 'string', pattern: /^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, patternDoc: 'empty or 1-64 letters, digits, ".", "_" or "-"' },
+    default: '',
+    doc: 'Device id the center knows this box by (the CN of its certificate). Required when `center.url` is set.',
+  },
+  {
+    key: 'ports',
+    type: {
+      kind: 'list',
+      itemName: 'instrument port',
+      unique: 'name',
+      maxItems: 16,
+      fields: {
+        name: { type: { kind: 'string', pattern: /^[a-z0-9][a-z0-9-]{0,31}$/, patternDoc: '1-32 of a-z, 0-9, "-"' }, doc: 'port name (stable; used in message ids and the firewall)' },
+        address: { type: { kind: 'string', pattern: /^[0-9a-fA-F.:]{2,45}$/, patternDoc: 'an IP address' }, doc: "the port's gateway address rapd listens on" },
+        port: { type: { kind: 'integer', min: 1, max: 65535 }, default: 7400, doc: 'TCP port of the instrument protocol' },
+        pollIntervalSec: { type: { kind: 'integer', min: 0, max: 86400 }, default: 60, doc: 'poll instruments that do not push this often (0: never)' },
+        offlineAfterSec: { type: { kind: 'integer', min: 1, max: 604800 }, default: 180, doc: 'silence after which the instrument is reported offline' },
+      },
+    },
+    default: [] as PortConfig[],
+    doc: 'Instrument ports: one agent each, listening on the port\'s gateway address.',
+  },
+  {
+    key: 'center.url',
+    type: { kind: 'url', schemes: ['https:'], allowEmpty: true },
+    default: '',
+    doc: 'rap-center base URL (https). Empty: store only, nothing is sent.',
+  },
+  {
+    key: 'center.caFile',
+    type: { kind: 'path' },
+    default: '/var/lib/rapd/pki/center-ca.pem',
+    doc: "The center's CA certificate (pinned: the only CA trusted for the uplink).",
+  },
+  {
+    key: 'tls.certFile',
+    type: { kind: 'path' },
+    default: '/var/lib/rapd/pki/device.pem',
+    doc: "This box's client certificate (PEM) for mutual TLS.",
+  },
+  {
+    key: 'tls.keyFile',
+    type: { kind: 'path' },
+    default: '/var/lib/rapd/pki/device.key',
+    doc: "This box's private key (PEM, owner-only).",
+  },
+  {
+    key: 'uplink.batchMaxMessages',
+    type: { kind: 'integer', min: 1, max: 10000 },
+    default: 500,
+    doc: 'Most messages in one POST.',
+  },
+  {
+    key: 'uplink.batchMaxBytes',
+    type: { kind: 'integer', min: 4096, max: 16777216 },
+    default: 524288,
+    doc: 'Most (uncompressed) bytes in one POST.',
+  },
+  {
+    key: 'uplink.batchMaxDelayMs',
+    type: { kind: 'integer', min: 0, max: 3600000 },
+    default: 5000,
+    doc: 'Longest a routine message waits for a batch to fill; alarms never wait.',
+  },
+  {
+    key: 'uplink.timeoutMs',
+    type: { kind: 'integer', min: 1000, max: 600000 },
+    default: 30000,
+    doc: 'Bound on one POST (connect, proxy, TLS, response).',
+  },
+  {
+    key: 'uplink.backoffMaxMs',
+    type: { kind: 'integer', min: 1000, max: 86400000 },
+    default: 300000,
+    doc: 'Longest wait between retries (exponential with jitter from 1 s; Retry-After is honoured up to this).',
+  },
+  {
+    key: 'proxy.url',
+    type: { kind: 'url', schemes: ['http:', 'socks5:', 'socks5h:'], allowEmpty: true },
+    default: '',
+    secret: true,
+    doc: 'Proxy for the uplink: http://[user:pass@]host:port (CONNECT) or socks5://[user:pass@]host:port. Empty: see `proxy.fromEnvironment`.',
+  },
+  {
+    key: 'proxy.fromEnvironment',
+    type: { kind: 'boolean' },
+    default: true,
+    doc: 'When `proxy.url` is empty, use HTTPS_PROXY / ALL_PROXY / NO_PROXY from the environment.',
+  },
+  {
+    key: 'proxy.noProxy',
+    type: { kind: 'string' },
+    default: '',
+    doc: 'Comma-separated hosts or domains (".example.org") reached directly, as NO_PROXY.',
+  },
+  {
+    key: 'store.maxRoutineMessages',
+    type: { kind: 'integer', min: 100, max: 100000000 },
+    default: 1000000,
+    doc: 'Quota of routine messages (status, heartbeat, events) kept; past it the oldest are dropped.',
+  },
+  {
+    key: 'store.maxAlarmMessages',
+    type: { kind: 'integer', min: 100, max: 100000000 },
+    default: 100000,
+    doc: 'Quota of alarm messages kept; they are dropped last, oldest first, only past this.',
+  },
+  {
+    key: 'store.minFreeBytes',
+    type: { kind: 'integer', min: 0, max: 1099511627776 },
+    default: 67108864,
+    doc: 'Below this much free space on the data partition, new routine messages are refused (alarms still accepted).',
+  },
+  {
     key: 'shutdown.timeoutMs',
     type: { kind: 'integer', min: 100, max: 60000 },
     default: 5000,
@@ -62,15 +187,27 @@ export const SETTINGS = [
   },
 ] as const satisfies readonly Setting<unknown>[];
 
+export interface PortConfig {
+  name: string;
+  address: string;
+  port: number;
+  pollIntervalSec: number;
+  offlineAfterSec: number;
+}
+
 type SettingsList = typeof SETTINGS;
-type ValueOf<S> = S extends { default: infer D } ? (D extends string ? string : D extends number ? number : D extends boolean ? boolean : D) : never;
+type ValueOf<S> = S extends { default: infer D } ? (D extends string ? string : D extends number ? number : D extends boolean ? boolean : D extends readonly unknown[] ? PortConfig[] : D) : never;
 /** The validated configuration, keyed by the dotted setting keys. */
 export type Config = { [S in SettingsList[number] as S['key']]: S['key'] extends 'log.level' ? LogLevel : ValueOf<S> };
 
 export const DEFAULT_CONFIG_PATH = '/etc/rapd/rapd.json';
 
-function describeExpected(t: SettingType): string {
+function describeExpected(t: SettingType | ScalarType): string {
   switch (t.kind) {
+    case 'list':
+      return `a list of at most ${t.maxItems} ${t.itemName} objects`;
+    case 'url':
+      return `${t.allowEmpty ? 'empty or ' : ''}a URL (${t.schemes.join(' or ')})`;
     case 'string':
       return t.patternDoc ? `a string of ${t.patternDoc}` : 'a string';
     case 'enum':
@@ -84,8 +221,18 @@ function describeExpected(t: SettingType): string {
   }
 }
 
-function valid(t: SettingType, v: unknown): boolean {
+function valid(t: ScalarType, v: unknown): boolean {
   switch (t.kind) {
+    case 'url': {
+      if (typeof v !== 'string') return false;
+      if (v === '') return t.allowEmpty;
+      try {
+        const u = new URL(v);
+        return t.schemes.includes(u.protocol) && u.hostname !== '';
+      } catch {
+        return false;
+      }
+    }
     case 'string':
       return typeof v === 'string' && (!t.pattern || t.pattern.test(v));
     case 'enum':
@@ -119,6 +266,62 @@ function show(v: unknown): string {
   return s === undefined ? String(v) : s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
+/** Validate a list setting item by item; problems name `key[i].field`. */
+function parseList(
+  key: string,
+  t: Extract<SettingType, { kind: 'list' }>,
+  value: unknown,
+  problems: string[],
+): Record<string, unknown>[] | null {
+  if (!Array.isArray(value) || value.length > t.maxItems) {
+    problems.push(`key '${key}': got ${show(value)}, expected ${describeExpected(t)}`);
+    return null;
+  }
+  const before = problems.length;
+  const items = value.map((item, i) => {
+    const at = `${key}[${i}]`;
+    const result: Record<string, unknown> = {};
+    if (item === null || typeof item !== 'object' || Array.isArray(item)) {
+      problems.push(`key '${at}': got ${show(item)}, expected a ${t.itemName} object`);
+      return result;
+    }
+    for (const k of Object.keys(item)) {
+      if (!(k in t.fields)) problems.push(`unknown key '${at}.${k}' (known: ${Object.keys(t.fields).join(', ')})`);
+    }
+    for (const [name, f] of Object.entries(t.fields)) {
+      const v = (item as Record<string, unknown>)[name];
+      if (v === undefined) {
+        if (f.default === undefined) problems.push(`key '${at}.${name}' is required (${f.doc})`);
+        else result[name] = f.default;
+      } else if (!valid(f.type, v)) {
+        problems.push(`key '${at}.${name}': got ${show(v)}, expected ${describeExpected(f.type)}`);
+      } else result[name] = v;
+    }
+    return result;
+  });
+  const seen = new Set<unknown>();
+  items.forEach((it, i) => {
+    const u = it[t.unique];
+    if (u !== undefined && seen.has(u)) problems.push(`key '${key}[${i}].${t.unique}': ${show(u)} is used twice`);
+    seen.add(u);
+  });
+  return problems.length === before ? items : null;
+}
+
+/** Rules that involve more than one key. */
+function crossChecks(c: Record<string, unknown>, problems: string[]): void {
+  if (c['center.url'] !== '' && c['device.id'] === '') {
+    problems.push(`key 'device.id' must be set when 'center.url' is set (it must match the certificate's CN)`);
+  }
+  const ports = (c['ports'] ?? []) as PortConfig[];
+  const endpoints = new Set<string>();
+  ports.forEach((p, i) => {
+    const ep = `${p.address}:${p.port}`;
+    if (endpoints.has(ep)) problems.push(`key 'ports[${i}]': address ${ep} is used by another port`);
+    endpoints.add(ep);
+  });
+}
+
 /**
  * Validate a parsed document. `source` names it in errors. Every problem is
  * reported (joined on one line), so one edit fixes a file.
@@ -138,6 +341,11 @@ export function parseConfig(doc: unknown, source: string): Config {
       problems.push(`unknown key '${key}' (known keys: ${[...BY_KEY.keys()].join(', ')})`);
       continue;
     }
+    if (setting.type.kind === 'list') {
+      const items = parseList(key, setting.type, value, problems);
+      if (items) out[key] = items;
+      continue;
+    }
     if (!valid(setting.type, value)) {
       const shown = setting.secret ? '<redacted>' : show(value);
       problems.push(`key '${key}': got ${shown}, expected ${describeExpected(setting.type)}`);
@@ -145,6 +353,7 @@ export function parseConfig(doc: unknown, source: string): Config {
     }
     out[key] = value;
   }
+  crossChecks(out, problems);
   if (problems.length > 0) {
     throw new RapError('RAP_CONFIG', `config ${source}: ${problems.join('; ')}`, { source, problems });
   }
@@ -184,5 +393,11 @@ export function configDocTable(): string {
   const rows = (SETTINGS as readonly Setting<unknown>[]).map(
     (s) => `| \`${s.key}\` | ${describeExpected(s.type)} | \`${JSON.stringify(s.default)}\` | ${s.doc}${s.secret ? ' (secret)' : ''} |`,
   );
+  for (const s of SETTINGS as readonly Setting<unknown>[]) {
+    if (s.type.kind !== 'list') continue;
+    for (const [name, f] of Object.entries(s.type.fields)) {
+      rows.push(`| \`${s.key}[].${name}\` | ${describeExpected(f.type)} | ${f.default === undefined ? 'required' : `\`${JSON.stringify(f.default)}\``} | ${f.doc} |`);
+    }
+  }
   return ['| key | type | default | meaning |', '|---|---|---|---|', ...rows].join('\n');
 }

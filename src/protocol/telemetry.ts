@@ -1,0 +1,64 @@
+// The uplink wire format between rapd and rap-center (shared by both ends).
+//
+//   POST {center.url}/v1/telemetry
+//   Content-Type: application/json
+//   Content-Encoding: gzip
+//   body: TelemetryBatch
+//   -> 200 application/json TelemetryAck
+//   -> 400 {error} bad batch (rapd logs it and drops nothing: it retries later
+//          only if the status is retryable; 400 is not, see uplink.ts)
+//   -> 403 device id in the batch does not match the client certificate's CN
+//   -> 429 / 503 with Retry-After: come back later
+//
+// Mutual TLS authenticates the box; the batch's `device` must equal the CN of
+// the client certificate. Every message carries a stable `id` (UUID assigned
+// by rapd when the instrument's message was stored), so a batch sent twice
+// (lost response, rapd killed before it deleted the batch) is stored once.
+
+export const TELEMETRY_PATH = '/v1/telemetry';
+
+/** What a message is. Priority follows from it (see priorityOf). */
+export type MessageKind = 'status' | 'heartbeat' | 'alarm' | 'event';
+
+/** Store and drop order: alarms are kept longest and sent first. */
+export type Priority = 'alarm' | 'routine';
+
+export function priorityOf(kind: MessageKind): Priority {
+  return kind === 'alarm' ? 'alarm' : 'routine';
+}
+
+export interface InstrumentIdentity {
+  serial: string;
+  model: string;
+  swVersion: string;
+}
+
+export interface TelemetryMessage {
+  /** Stable, unique id (UUID) assigned by rapd at ingest. */
+  id: string;
+  kind: MessageKind;
+  /** Instrument port name (config `ports[].name`). */
+  port: string;
+  /** The instrument as it identified itself on this connection, if it did. */
+  instrument: InstrumentIdentity | null;
+  /** When rapd stored it (ISO 8601, box clock). */
+  receivedAt: string;
+  /** The instrument's own timestamp, if it sent one (ISO 8601, as given). */
+  instrumentTime: string | null;
+  /** The instrument's payload (status fields, alarm code/text, event details). */
+  body: Record<string, unknown>;
+}
+
+export interface TelemetryBatch {
+  device: string;
+  /** When this POST was made (box clock). */
+  sentAt: string;
+  messages: TelemetryMessage[];
+}
+
+export interface TelemetryAck {
+  /** Number of messages stored for the first time. */
+  stored: number;
+  /** Number of messages the center already had (re-sent). */
+  duplicates: number;
+}
