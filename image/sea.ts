@@ -1,5 +1,6 @@
-// Builds out/rapd: rapd bundled by esbuild and injected into the pinned Node
-// 24 binary as a single executable application (SEA).
+// Builds out/rapd and out/rap-center: each entry point bundled by esbuild and
+// injected into the pinned Node 24 binary as a single executable application
+// (SEA). Two executables, not one: the center never ships in the box image.
 //
 // Order matters: strip the node binary *before* injecting the blob. Stripping
 // after injection rewrites the ELF and the resulting binary segfaults.
@@ -34,18 +35,32 @@ export async function verifyRuntime(): Promise<RuntimePin> {
   return pin;
 }
 
-export async function buildRapd(): Promise<string> {
-  const work = join(OUT, 'build', 'sea');
-  mkdirSync(work, { recursive: true });
-  stage('rapd: verify pinned node runtime');
-  const pin = await verifyRuntime();
+/** The single executables: one entry point each, sharing src/lib and src/protocol. */
+export const SEA_TARGETS = [
+  { name: 'rapd', entry: 'src/rapd/main.ts' },
+  { name: 'rap-center', entry: 'src/center/main.ts' },
+] as const;
+export type SeaName = (typeof SEA_TARGETS)[number]['name'];
 
-  stage('rapd: bundle with esbuild');
-  const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string };
-  const version = `${pkg.version}+${await gitDescribe()}`;
-  const bundle = join(work, 'rapd.cjs');
+/** The pinned node binary, stripped once; every target is injected into a copy of it. */
+async function strippedNode(work: string, pin: RuntimePin): Promise<string> {
+  const stripped = join(work, `node-${pin.version}.stripped`);
+  const stampFile = `${stripped}.stamp`;
+  if (existsSync(stripped) && existsSync(stampFile) && readFileSync(stampFile, 'utf8') === pin.sha256) return stripped;
+  const tmp = `${stripped}.tmp`;
+  copyFileSync(BOX_NODE, tmp);
+  chmodSync(tmp, 0o755);
+  await sh(['strip', '--strip-all', tmp]);
+  renameSync(tmp, stripped);
+  writeFileSync(stampFile, pin.sha256);
+  return stripped;
+}
+
+async function buildOne(name: SeaName, entry: string, work: string, pin: RuntimePin, version: string): Promise<string> {
+  stage(`${name}: bundle with esbuild`);
+  const bundle = join(work, `${name}.cjs`);
   await build({
-    entryPoints: [join(REPO, 'src/rapd/main.ts')],
+    entryPoints: [join(REPO, entry)],
     outfile: bundle,
     bundle: true,
     platform: 'node',
@@ -56,8 +71,8 @@ export async function buildRapd(): Promise<string> {
     logLevel: 'warning',
   });
 
-  const seaConfig = join(work, 'sea-config.json');
-  const blob = join(work, 'rapd.blob');
+  const seaConfig = join(work, `${name}.sea-config.json`);
+  const blob = join(work, `${name}.blob`);
   const seaSettings = JSON.stringify({
       main: bundle,
       output: blob,
@@ -68,40 +83,58 @@ export async function buildRapd(): Promise<string> {
       // A box daemon must not load code from the environment (NODE_OPTIONS).
       execArgvExtension: 'none',
   });
-  const out = join(OUT, 'rapd');
+  const out = join(OUT, name);
   // Same bundle, same runtime, same SEA settings: the binary would not change.
-  const stampFile = join(work, 'stamp');
+  const stampFile = join(work, `${name}.stamp`);
   const stamp = `${await sha256File(bundle)} ${pin.sha256} ${seaSettings}`;
   if (existsSync(out) && existsSync(stampFile) && readFileSync(stampFile, 'utf8') === stamp) {
-    stage(`rapd: up to date (${version})`);
+    stage(`${name}: up to date (${version})`);
     return out;
   }
 
-  stage('rapd: make SEA blob');
+  stage(`${name}: make SEA blob`);
   writeFileSync(seaConfig, seaSettings);
   await sh([BOX_NODE, '--experimental-sea-config', seaConfig], { cwd: work });
 
-  stage('rapd: strip node, inject blob');
-  const tmp = join(work, 'rapd.tmp');
-  copyFileSync(BOX_NODE, tmp);
+  stage(`${name}: inject blob into stripped node`);
+  const tmp = join(work, `${name}.tmp`);
+  // Dangerous step: strip must happen before injection (strippedNode), never after.
+  copyFileSync(await strippedNode(work, pin), tmp);
   chmodSync(tmp, 0o755);
-  await sh(['strip', '--strip-all', tmp]);
   await sh([BOX_NODE, join(REPO, 'node_modules/postject/dist/cli.js'), tmp, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SEA_FUSE]);
 
   // Prove it runs with no node on PATH and with hostile NODE_OPTIONS ignored.
   const check = await sh([tmp, '--version'], { cleanEnv: true, env: { PATH: '/nonexistent', NODE_OPTIONS: '--require=/nonexistent.js' } });
-  if (!check.stdout.startsWith(`rapd ${version} (node v${pin.version})`)) {
-    throw new Error(`built rapd answered ${JSON.stringify(check.stdout)} to --version`);
+  if (!check.stdout.startsWith(`${name} ${version} (node v${pin.version})`)) {
+    throw new Error(`built ${name} answered ${JSON.stringify(check.stdout)} to --version`);
   }
   renameSync(tmp, out);
   writeFileSync(stampFile, stamp);
-  stage(`rapd: ${out} ${humanSize(statSync(out).size)} (${version}, node v${pin.version})`);
+  stage(`${name}: ${out} ${humanSize(statSync(out).size)} (${version}, node v${pin.version})`);
   return out;
 }
 
+/** Builds out/rapd and out/rap-center; returns their paths by name. */
+export async function buildExecutables(): Promise<Record<SeaName, string>> {
+  const work = join(OUT, 'build', 'sea');
+  mkdirSync(work, { recursive: true });
+  stage('sea: verify pinned node runtime');
+  const pin = await verifyRuntime();
+  const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string };
+  const version = `${pkg.version}+${await gitDescribe()}`;
+  const built = {} as Record<SeaName, string>;
+  for (const t of SEA_TARGETS) built[t.name] = await buildOne(t.name, t.entry, work, pin, version);
+  return built;
+}
+
+/** out/rapd (rap-center is built alongside it). */
+export async function buildRapd(): Promise<string> {
+  return (await buildExecutables()).rapd;
+}
+
 if (import.meta.main) {
-  buildRapd().catch((e: unknown) => {
-    process.stderr.write(`build rapd: ${e instanceof Error ? e.message : String(e)}\n`);
+  buildExecutables().catch((e: unknown) => {
+    process.stderr.write(`build sea: ${e instanceof Error ? e.message : String(e)}\n`);
     process.exit(1);
   });
 }

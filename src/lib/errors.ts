@@ -12,6 +12,12 @@ export type RapErrorCode =
   | 'RAP_NOTIFY'
   | 'RAP_CONTROL'
   | 'RAP_USAGE'
+  | 'RAP_AGENT'
+  | 'RAP_UPLINK'
+  | 'RAP_STORE' | 'RAP_STORE_FULL'
+  | 'RAP_PROXY'
+  | 'RAP_PROTOCOL'
+  | 'RAP_CENTER' | 'RAP_PKI'
   | 'RAP_IMAGE';
 
 export class RapError extends Error {

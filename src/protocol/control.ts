@@ -9,6 +9,45 @@ export interface ControlRequest {
   method: ControlMethod;
 }
 
+/** Per-port agent state (mirrors src/rapd/agent.ts PortStatus). */
+export interface PortReport {
+  name: string;
+  listen: string;
+  connections: number;
+  instrument: { serial: string; model: string; swVersion: string } | null;
+  online: boolean;
+  lastSeen: string | null;
+  lastStatusAt: string | null;
+  counters: { frames: number; stored: number; polls: number; errors: Record<string, number> };
+}
+
+export interface StoreReport {
+  queued: { alarm: number; routine: number };
+  bytes: number;
+  oldestRoutineAt: string | null;
+  dropped: { alarm: number; routine: number };
+  refused: { alarm: number; routine: number };
+  lastDrop: string | null;
+  commits: number;
+  messagesCommitted: number;
+  recovered: string | null;
+}
+
+export interface UplinkReport {
+  center: string;
+  proxy: string;
+  state: string;
+  lastSuccessAt: string | null;
+  lastError: string | null;
+  consecutiveFailures: number;
+  nextAttemptAt: string | null;
+  sentBatches: number;
+  sentMessages: number;
+  duplicatesAtCenter: number;
+  rejectedByCenter: number;
+  wireBytes: number;
+}
+
 export interface StatusReport {
   name: string;
   version: string;
@@ -21,6 +60,10 @@ export interface StatusReport {
   slot: string | null;
   paths: { state: string; runtime: string };
   config: Record<string, unknown>;
+  ports: PortReport[];
+  store: StoreReport | null;
+  /** null when no center is configured (store only). */
+  uplink: UplinkReport | null;
 }
 
 export type ControlResponse =

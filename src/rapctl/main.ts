@@ -4,11 +4,14 @@ import { RapError, errorMessage } from '../lib/errors.ts';
 import type { StatusReport } from '../protocol/control.ts';
 import { DEFAULT_CONTROL_SOCKET } from '../rapd/paths.ts';
 import { callControl } from './client.ts';
+import { simCliMain } from '../sim/cli.ts';
 
 const USAGE = `usage: rapctl [--socket PATH] status [--json]
+       rapctl instrument-sim --connect HOST:PORT [options]
 
 commands:
   status          show what rapd is doing (--json: machine-readable)
+  instrument-sim  act as an instrument against a box (--help for its options)
 
 options:
   --socket PATH   control socket (default ${DEFAULT_CONTROL_SOCKET})`;
@@ -26,11 +29,33 @@ function formatStatus(s: StatusReport): string {
     `slot:     ${s.slot ?? 'none'}`,
     `state dir ${s.paths.state}`,
   ];
+  if (s.store) {
+    const q = s.store.queued;
+    lines.push(`store:    ${q.alarm} alarm + ${q.routine} routine queued${s.store.oldestRoutineAt ? ` (oldest ${s.store.oldestRoutineAt})` : ''}`);
+    if (s.store.lastDrop) lines.push(`          ${s.store.lastDrop}`);
+    if (s.store.refused.routine + s.store.refused.alarm > 0) lines.push(`          refused (disk low): ${s.store.refused.routine} routine, ${s.store.refused.alarm} alarm`);
+    if (s.store.recovered) lines.push(`          recovered at start: ${s.store.recovered}`);
+  }
+  if (s.uplink) {
+    const u = s.uplink;
+    lines.push(`uplink:   ${u.state} -> ${u.center} via ${u.proxy}; ${u.sentMessages} sent in ${u.sentBatches} batches`);
+    if (u.lastSuccessAt) lines.push(`          last success ${u.lastSuccessAt}`);
+    if (u.lastError && u.consecutiveFailures > 0) lines.push(`          failing (${u.consecutiveFailures}x): ${u.lastError}; next try ${u.nextAttemptAt}`);
+  } else {
+    lines.push('uplink:   none configured (store only)');
+  }
+  for (const p of s.ports) {
+    const who = p.instrument ? `${p.instrument.model} ${p.instrument.serial} (sw ${p.instrument.swVersion})` : 'no instrument yet';
+    const errs = Object.entries(p.counters.errors).map(([k, v]) => `${k}=${v}`).join(' ');
+    lines.push(`port ${p.name}: ${p.listen} ${p.online ? 'ONLINE' : 'offline'}; ${who}; last seen ${p.lastSeen ?? 'never'}; ${p.counters.stored} stored${errs ? `; errors ${errs}` : ''}`);
+  }
   return `${lines.join('\n')}\n`;
 }
 
 /** Returns the process exit code. */
 export async function rapctlMain(args: string[], io: Io): Promise<number> {
+  // The simulator has its own options; it does not talk to the control socket.
+  if (args[0] === 'instrument-sim') return simCliMain(args.slice(1), io);
   let socket = DEFAULT_CONTROL_SOCKET;
   let json = false;
   const rest: string[] = [];

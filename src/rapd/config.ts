@@ -282,7 +282,7 @@ function parseList(
     const at = `${key}[${i}]`;
     const result: Record<string, unknown> = {};
     if (item === null || typeof item !== 'object' || Array.isArray(item)) {
-      problems.push(`key '${at}': got ${show(item)}, expected a ${t.itemName} object`);
+      problems.push(`key '${at}': got ${show(item)}, expected an ${t.itemName} object`);
       return result;
     }
     for (const k of Object.keys(item)) {

@@ -10,7 +10,10 @@ import type { Logger } from '../lib/log.ts';
 import type { StatusReport } from '../protocol/control.ts';
 import { redactConfig, type Config } from './config.ts';
 import { startControlServer, type ControlServer } from './control.ts';
+import { PortAgent } from './agent.ts';
 import type { Notifier } from './notify.ts';
+import { MessageStore } from './store.ts';
+import { Uplink } from './uplink.ts';
 import type { Paths } from './paths.ts';
 import { RAPD_VERSION } from './version.ts';
 
@@ -20,6 +23,8 @@ export interface DaemonDeps {
   log: Logger;
   notifier: Notifier;
   now?: () => Date;
+  /** Environment for proxy settings (HTTPS_PROXY, NO_PROXY...). */
+  env?: NodeJS.ProcessEnv;
 }
 
 export interface Daemon {
@@ -60,6 +65,40 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
 
   checkStateDir(paths.state, `${JSON.stringify({ version: RAPD_VERSION, pid: process.pid, startedAt: startedAt.toISOString() })}\n`);
 
+  // Each part started is pushed here so a failure later unwinds it (never half-started).
+  const undo: (() => Promise<void> | void)[] = [];
+  const unwind = async (): Promise<void> => {
+    for (const u of undo.reverse()) await Promise.resolve(u()).catch(() => {});
+  };
+
+  let store: MessageStore;
+  const agents: PortAgent[] = [];
+  let uplink: Uplink | null = null;
+  try {
+    store = MessageStore.open({
+      path: paths.queueDb,
+      maxRoutineMessages: config['store.maxRoutineMessages'],
+      maxAlarmMessages: config['store.maxAlarmMessages'],
+      minFreeBytes: config['store.minFreeBytes'],
+      log: log.child({ part: 'store' }),
+    });
+    undo.push(() => store.close());
+    if (config['center.url'] !== '') {
+      uplink = new Uplink({ config, store, log, env: deps.env });
+      uplink.start();
+      const u = uplink;
+      undo.push(() => u.stop());
+    }
+    for (const port of config['ports']) {
+      const agent = await PortAgent.start({ port, store, log });
+      agents.push(agent);
+      undo.push(() => agent.stop());
+    }
+  } catch (e) {
+    await unwind();
+    throw e;
+  }
+
   const status = (): StatusReport => ({
     name: config['device.name'],
     version: RAPD_VERSION,
@@ -71,14 +110,24 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
     slot,
     paths: { state: paths.state, runtime: paths.runtime },
     config: redactConfig(config),
+    ports: agents.map((a) => a.status()),
+    store: store.stats(),
+    uplink: uplink?.status() ?? null,
   });
 
-  const control: ControlServer = await startControlServer(paths.controlSocket, { status }, log);
+  let control: ControlServer;
+  try {
+    control = await startControlServer(paths.controlSocket, { status }, log);
+  } catch (e) {
+    await unwind();
+    throw e;
+  }
+  undo.push(() => control.close());
 
   let watchdog: NodeJS.Timeout | undefined;
   try {
     state = 'running';
-    await notifier.ready(`running; slot ${slot ?? 'none'}; control ${paths.controlSocket}`);
+    await notifier.ready(`running; slot ${slot ?? 'none'}; control ${paths.controlSocket}; ${agents.length} port(s)`);
     if (notifier.watchdogIntervalMs !== null) {
       watchdog = setInterval(() => {
         notifier.watchdog().catch((e: unknown) => log.warn('watchdog ping failed', { error: errorMessage(e) }));
@@ -86,10 +135,17 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
     }
   } catch (e) {
     // Never half-start: undo what is up before reporting.
-    await control.close();
+    await unwind();
     throw e;
   }
-  log.info('rapd ready', { version: RAPD_VERSION, slot, control: paths.controlSocket, watchdogMs: notifier.watchdogIntervalMs });
+  log.info('rapd ready', {
+    version: RAPD_VERSION,
+    slot,
+    control: paths.controlSocket,
+    watchdogMs: notifier.watchdogIntervalMs,
+    ports: agents.map((a) => a.status().listen),
+    uplink: uplink ? uplink.status().center : 'none (store only)',
+  });
 
   let stopping: Promise<void> | undefined;
   return {
@@ -100,7 +156,8 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
         log.info('rapd stopping', { reason });
         if (watchdog) clearInterval(watchdog);
         await notifier.stopping(`stopping: ${reason}`).catch((e: unknown) => log.warn('notify failed', { error: errorMessage(e) }));
-        await control.close();
+        // Reverse start order: control socket, agents (no new input), uplink, then the store flushes and closes.
+        await unwind();
       })();
       return stopping;
     },

@@ -53,7 +53,7 @@ async function daemonMain(args: string[]): Promise<number> {
     const config = loadConfig(configPath);
     log.setLevel(config['log.level']);
     const notifier = createNotifier({ env: process.env, pid: process.pid, run });
-    daemon = await startDaemon({ config, paths: pathsFromConfig(config), log, notifier });
+    daemon = await startDaemon({ config, paths: pathsFromConfig(config), log, notifier, env: process.env });
     const timeoutMs = config['shutdown.timeoutMs'];
     await new Promise<void>((resolve) => {
       const onSignal = (sig: NodeJS.Signals): void => {

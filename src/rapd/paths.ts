@@ -9,6 +9,8 @@ export interface Paths {
   state: string;
   /** Owner-only runtime directory (tmpfs). */
   runtime: string;
+  /** The store-and-forward queue (SQLite, WAL). */
+  queueDb: string;
   /** The control socket rapctl talks to. */
   controlSocket: string;
   /** The kernel command line (boot slot). */
@@ -22,6 +24,7 @@ export function pathsFromConfig(config: Config, procRoot = '/proc'): Paths {
     state: config['paths.state'],
     runtime: config['paths.runtime'],
     controlSocket: join(config['paths.runtime'], 'rapd.sock'),
+    queueDb: join(config['paths.state'], 'queue.db'),
     procCmdline: join(procRoot, 'cmdline'),
   };
 }

@@ -58,7 +58,7 @@ t.test('runs, tells systemd READY with its own pid, feeds the watchdog, answers 
   await waitFor('READY=1', () => existsSync(b.notifyLog) && readFileSync(b.notifyLog, 'utf8').includes('READY=1'));
   await waitFor('two watchdog pings', () => readFileSync(b.notifyLog, 'utf8').split('WATCHDOG=1').length > 2, 5000);
   const first = readFileSync(b.notifyLog, 'utf8').split('\n')[0]!;
-  t.equal(first, `/run/systemd/notify|--pid=${child.pid} READY=1 STATUS=running; slot none; control ${b.socket}`);
+  t.equal(first, `/run/systemd/notify|--pid=${child.pid} READY=1 STATUS=running; slot none; control ${b.socket}; 0 port(s)`);
   t.equal(statSync(join(b.dir, 'run')).mode & 0o777, 0o700, 'runtime dir owner-only');
   t.equal(statSync(b.socket).mode & 0o777, 0o600, 'socket owner-only');
 
@@ -78,7 +78,7 @@ t.test('runs, tells systemd READY with its own pid, feeds the watchdog, answers 
   t.match(readFileSync(b.notifyLog, 'utf8'), /STOPPING=1 STATUS=stopping: SIGTERM/);
   t.notOk(existsSync(b.socket), 'socket removed');
   const logs = exit.stdout.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; level: string });
-  t.same(logs.map((l) => l.msg), ['rapd ready', 'rapd stopping', 'rapd stopped'], 'structured JSON log lines');
+  t.same(logs.map((l) => l.msg), ['store open', 'rapd ready', 'rapd stopping', 'rapd stopped'], 'structured JSON log lines');
 });
 
 const badStarts: { name: string; setup: (b: Box) => { args?: string[]; env?: Record<string, string> }; want: RegExp; code?: number }[] = [

@@ -80,7 +80,7 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
   t.equal(show['SubState'], 'running');
   // A Type=notify unit only leaves "activating" once systemd got READY=1;
   // StatusText is what rapd sent with it, so systemd attributed the message.
-  t.match(show['StatusText'], /^running; slot a; control \/run\/rapd\/rapd\.sock$/, 'systemd saw READY and STATUS from rapd');
+  t.match(show['StatusText'], /^running; slot a; control \/run\/rapd\/rapd\.sock; \d+ port\(s\)$/, 'systemd saw READY and STATUS from rapd');
   t.equal(show['NRestarts'], '0', 'rapd did not restart');
 
   const status = JSON.parse(r.get('rapctl-json') ?? 'null') as { state: string; slot: string; pid: number; node: string } | null;

@@ -66,3 +66,37 @@ t.test('README carries the current settings table', async (t) => {
   const readme = readFileSync(join(import.meta.dirname, '../../../README.md'), 'utf8');
   t.ok(readme.includes(configDocTable()), 'README.md settings table is out of date: paste the output of `rapd --config-doc`');
 });
+
+t.test('ports: defaults filled in, each field checked with its index', async (t) => {
+  const c = parseConfig({ ports: [{ name: 'p1', address: '192.168.101.1' }] }, 'test');
+  t.same(c['ports'], [{ name: 'p1', address: '192.168.101.1', port: 7400, pollIntervalSec: 60, offlineAfterSec: 180 }]);
+  const cases: [unknown, RegExp][] = [
+    [{ ports: {} }, /key 'ports': got \{\}, expected a list of at most 16 instrument port objects/],
+    [{ ports: [{ address: '10.1.1.1' }] }, /key 'ports\[0\]\.name' is required/],
+    [{ ports: [{ name: 'p1', address: '10.1.1.1', port: 70000 }] }, /key 'ports\[0\]\.port': got 70000, expected an integer from 1 to 65535/],
+    [{ ports: [{ name: 'p1', address: '10.1.1.1', colour: 'red' }] }, /unknown key 'ports\[0\]\.colour'/],
+    [{ ports: [{ name: 'p1', address: 'a' }, { name: 'p1', address: 'b' }] }, /key 'ports\[1\]\.name': "p1" is used twice/],
+    [{ ports: [{ name: 'p1', address: '10.1.1.1' }, { name: 'p2', address: '10.1.1.1' }] }, /key 'ports\[1\]': address 10\.1\.1\.1:7400 is used by another port/],
+    [{ ports: ['p1'] }, /key 'ports\[0\]': got "p1", expected an instrument port object/],
+  ];
+  for (const [doc, want] of cases) t.throws(() => parseConfig(doc, 'f'), { code: 'RAP_CONFIG', message: want }, JSON.stringify(doc));
+});
+
+t.test('center.url must be https; device.id required with it', async (t) => {
+  t.throws(() => parseConfig({ center: { url: 'http://center.example' }, device: { id: 'box-1' } }, 'f'), {
+    message: /key 'center\.url': got "http:\/\/center\.example", expected empty or a URL \(https:\)/,
+  });
+  t.throws(() => parseConfig({ center: { url: 'https://center.example' } }, 'f'), { message: /key 'device\.id' must be set when 'center\.url' is set/ });
+  t.equal(parseConfig({ center: { url: 'https://center.example:8443' }, device: { id: 'box-1' } }, 'f')['center.url'], 'https://center.example:8443');
+});
+
+t.test('a bad secret value is not echoed', async (t) => {
+  try {
+    parseConfig({ proxy: { url: 'ftp://user:hunter2@proxy' } }, 'f');
+    t.fail('should throw');
+  } catch (e) {
+    t.match((e as Error).message, /key 'proxy\.url': got <redacted>, expected empty or a URL \(http: or socks5: or socks5h:\)/);
+    t.notMatch((e as Error).message, /hunter2/);
+  }
+  t.equal(redactConfig(parseConfig({ proxy: { url: 'http://u:hunter2@proxy:3128' } }, 'f'))['proxy.url'], '<redacted>');
+});

@@ -1,0 +1,342 @@
+// One agent per instrument port. It listens on the port's gateway address,
+// speaks the instrument protocol (docs/instrument-protocol.md), acknowledges
+// a frame only once the store has it durably, tracks presence, polls
+// instruments that do not push, and reports an instrument offline after a
+// configured silence.
+//
+// Bad input never crashes the agent: every protocol violation gets an error
+// frame naming what was wrong, a counter, and (for framing or timeouts) a
+// closed connection. A flooding instrument is held back by backpressure
+// (at most MAX_UNACKED frames in flight per connection), so it cannot take
+// the whole group commit away from the other ports.
+
+import { createServer, type Server, type Socket } from 'node:net';
+import { errorMessage, isRapError, RapError } from '../lib/errors.ts';
+import type { Logger } from '../lib/log.ts';
+import {
+  LineSplitter,
+  MAX_FRAME_BYTES,
+  ProtocolError,
+  encodeFrame,
+  parseInstrumentFrame,
+  type BoxFrame,
+  type InstrumentFrame,
+  type ProtocolErrorCode,
+} from '../protocol/instrument.ts';
+import type { InstrumentIdentity, TelemetryMessage } from '../protocol/telemetry.ts';
+import type { PortConfig } from './config.ts';
+import type { NewMessage } from './store.ts';
+
+/** Frames in flight (received, not yet acknowledged) per connection before we stop reading. */
+export const MAX_UNACKED = 256;
+/** A started line must be finished within this time (slow or stuck senders). */
+export const FRAME_TIMEOUT_MS = 30_000;
+
+export interface AgentStore {
+  append(msg: NewMessage): Promise<TelemetryMessage>;
+}
+
+export interface AgentDeps {
+  port: PortConfig;
+  store: AgentStore;
+  log: Logger;
+  now?: () => number;
+  frameTimeoutMs?: number;
+  maxUnacked?: number;
+  /** How often presence and polling are checked (tests make it short). */
+  tickMs?: number;
+}
+
+export interface PortStatus {
+  name: string;
+  listen: string;
+  connections: number;
+  instrument: InstrumentIdentity | null;
+  online: boolean;
+  lastSeen: string | null;
+  lastStatusAt: string | null;
+  counters: { frames: number; stored: number; polls: number; errors: Record<string, number> };
+}
+
+interface Conn {
+  sock: Socket;
+  splitter: LineSplitter;
+  identity: InstrumentIdentity | null;
+  inFlight: number;
+  /** Lines received but not yet handled because inFlight reached the limit. */
+  queue: string[];
+  paused: boolean;
+  said_bye: boolean;
+  partialTimer: NodeJS.Timeout | undefined;
+}
+
+export class PortAgent {
+  private readonly cfg: PortConfig;
+  private readonly store: AgentStore;
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly frameTimeoutMs: number;
+  private readonly maxUnacked: number;
+  private readonly server: Server;
+  private readonly conns = new Set<Conn>();
+  private ticker: NodeJS.Timeout | undefined;
+  private instrument: InstrumentIdentity | null = null;
+  private online = false;
+  private lastSeen: number | null = null;
+  private lastStatusAt: number | null = null;
+  private lastPollAt = 0;
+  private pollSeq = 0;
+  private readonly counters: PortStatus['counters'] = { frames: 0, stored: 0, polls: 0, errors: {} };
+
+  private constructor(deps: AgentDeps) {
+    this.cfg = deps.port;
+    this.store = deps.store;
+    this.log = deps.log.child({ port: deps.port.name });
+    this.now = deps.now ?? Date.now;
+    this.frameTimeoutMs = deps.frameTimeoutMs ?? FRAME_TIMEOUT_MS;
+    this.maxUnacked = deps.maxUnacked ?? MAX_UNACKED;
+    this.server = createServer((sock) => this.accept(sock));
+  }
+
+  static async start(deps: AgentDeps): Promise<PortAgent> {
+    const agent = new PortAgent(deps);
+    const { address, port } = deps.port;
+    await new Promise<void>((resolve, reject) => {
+      agent.server.once('error', (e) =>
+        reject(new RapError('RAP_AGENT', `port ${deps.port.name}: cannot listen on ${address}:${port}: ${errorMessage(e)}`, { port: deps.port.name }, { cause: e })),
+      );
+      agent.server.listen({ host: address, port, exclusive: true }, () => resolve());
+    });
+    agent.ticker = setInterval(() => agent.tick(), deps.tickMs ?? 1000);
+    agent.ticker.unref();
+    agent.log.info('port agent listening', { listen: `${address}:${port}` });
+    return agent;
+  }
+
+  /** The port actually bound (tests listen on port 0). */
+  get boundPort(): number {
+    const a = this.server.address();
+    return typeof a === 'object' && a ? a.port : this.cfg.port;
+  }
+
+  status(): PortStatus {
+    const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
+    return {
+      name: this.cfg.name,
+      listen: `${this.cfg.address}:${this.boundPort}`,
+      connections: this.conns.size,
+      instrument: this.instrument,
+      online: this.online,
+      lastSeen: iso(this.lastSeen),
+      lastStatusAt: iso(this.lastStatusAt),
+      counters: { ...this.counters, errors: { ...this.counters.errors } },
+    };
+  }
+
+  async stop(): Promise<void> {
+    if (this.ticker) clearInterval(this.ticker);
+    for (const c of this.conns) {
+      if (c.partialTimer) clearTimeout(c.partialTimer);
+      c.sock.destroy();
+    }
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private accept(sock: Socket): void {
+    const conn: Conn = {
+      sock,
+      splitter: new LineSplitter(MAX_FRAME_BYTES),
+      identity: null,
+      inFlight: 0,
+      queue: [],
+      paused: false,
+      said_bye: false,
+      partialTimer: undefined,
+    };
+    this.conns.add(conn);
+    sock.setNoDelay(true);
+    sock.setKeepAlive(true, 30_000);
+    this.log.debug('instrument connected', { from: `${sock.remoteAddress}:${sock.remotePort}` });
+    sock.on('data', (chunk: Buffer) => this.onData(conn, chunk));
+    sock.on('error', (e) => this.log.debug('instrument connection error', { error: errorMessage(e) }));
+    sock.on('close', () => {
+      if (conn.partialTimer) clearTimeout(conn.partialTimer);
+      this.conns.delete(conn);
+      // An orderly goodbye: the instrument is switched off on purpose, which
+      // is recorded as such and not later reported as an offline fault.
+      const others = [...this.conns].some((c) => c.identity !== null);
+      if (conn.said_bye && this.online && !others) {
+        this.online = false;
+        this.event('instrument-bye', {});
+      }
+      this.log.debug('instrument disconnected', { serial: conn.identity?.serial, bye: conn.said_bye });
+    });
+  }
+
+  private send(conn: Conn, frame: BoxFrame): void {
+    if (!conn.sock.destroyed && !conn.sock.writableEnded) conn.sock.write(encodeFrame(frame));
+  }
+
+  private protocolError(conn: Conn, code: ProtocolErrorCode, message: string, ref: string | null, close = false): void {
+    this.counters.errors[code] = (this.counters.errors[code] ?? 0) + 1;
+    this.log.warn('instrument protocol error', { code, message, ref, serial: conn.identity?.serial });
+    this.send(conn, { type: 'error', ref, code, message });
+    if (close) conn.sock.end();
+  }
+
+  private onData(conn: Conn, chunk: Buffer): void {
+    let lines: string[];
+    try {
+      lines = conn.splitter.push(chunk);
+    } catch (e) {
+      const code = e instanceof ProtocolError ? e.code : 'BAD_FRAME';
+      // Framing is lost after an oversized line: close.
+      this.protocolError(conn, code, errorMessage(e), null, true);
+      conn.sock.pause();
+      return;
+    }
+    conn.queue.push(...lines);
+    this.drain(conn);
+    // A completed line ends the old partial line; a new one starts its own clock.
+    if (lines.length > 0 && conn.partialTimer) {
+      clearTimeout(conn.partialTimer);
+      conn.partialTimer = undefined;
+    }
+    this.armPartialTimer(conn);
+  }
+
+  /**
+   * Handle queued lines while fewer than maxUnacked frames are in flight.
+   * Past the limit the socket is paused (TCP backpressure reaches the
+   * instrument) and the rest waits here until acks come back.
+   */
+  private drain(conn: Conn): void {
+    while (conn.queue.length > 0 && conn.inFlight < this.maxUnacked) {
+      this.onLine(conn, conn.queue.shift()!);
+    }
+    const full = conn.queue.length > 0 || conn.inFlight >= this.maxUnacked;
+    if (full && !conn.paused) {
+      conn.paused = true;
+      conn.sock.pause();
+    } else if (!full && conn.paused && conn.inFlight < this.maxUnacked / 2) {
+      conn.paused = false;
+      conn.sock.resume();
+    }
+  }
+
+  /**
+   * A half-sent line must complete in time; a stuck sender is cut off. The
+   * clock starts when a partial line starts and is not reset by more bytes
+   * of the same line (a sender trickling one byte a second is still stuck).
+   */
+  private armPartialTimer(conn: Conn): void {
+    if (!conn.splitter.pending) {
+      if (conn.partialTimer) clearTimeout(conn.partialTimer);
+      conn.partialTimer = undefined;
+      return;
+    }
+    if (conn.partialTimer) return;
+    conn.partialTimer = setTimeout(() => {
+      conn.partialTimer = undefined;
+      // While we hold the socket paused the sender is not to blame.
+      if (conn.paused) return this.armPartialTimer(conn);
+      this.protocolError(conn, 'TIMEOUT', `frame not completed within ${this.frameTimeoutMs} ms`, null, true);
+    }, this.frameTimeoutMs);
+  }
+
+  private onLine(conn: Conn, line: string): void {
+    if (line.trim() === '') return;
+    let frame: InstrumentFrame;
+    try {
+      frame = parseInstrumentFrame(line);
+    } catch (e) {
+      if (e instanceof ProtocolError) return this.protocolError(conn, e.code, e.message, e.ref);
+      return this.protocolError(conn, 'BAD_FRAME', errorMessage(e), null);
+    }
+    this.counters.frames++;
+    if (frame.type === 'hello') {
+      conn.identity = { serial: frame.serial, model: frame.model, swVersion: frame.swVersion };
+      if (this.instrument?.serial !== frame.serial) this.log.info('instrument identified', { ...conn.identity });
+      this.instrument = conn.identity;
+    }
+    // Presence counts only identified instruments.
+    if (conn.identity) this.seen();
+    switch (frame.type) {
+      case 'hello':
+        this.send(conn, { type: 'ack', ref: frame.ref, id: null });
+        return;
+      case 'heartbeat':
+        this.send(conn, { type: 'ack', ref: frame.ref, id: null });
+        return;
+      case 'bye':
+        conn.said_bye = true;
+        this.send(conn, { type: 'ack', ref: frame.ref, id: null });
+        return;
+      case 'status':
+      case 'alarm': {
+        if (!conn.identity) {
+          return this.protocolError(conn, 'NOT_IDENTIFIED', `${frame.type} before hello: send a hello frame first`, frame.ref);
+        }
+        if (frame.type === 'status') this.lastStatusAt = this.now();
+        const body =
+          frame.type === 'status'
+            ? frame.data
+            : { code: frame.code, severity: frame.severity, text: frame.text, data: frame.data };
+        this.persist(conn, frame.ref, { kind: frame.type, port: this.cfg.name, instrument: conn.identity, instrumentTime: frame.time, body });
+        return;
+      }
+    }
+  }
+
+  private persist(conn: Conn, ref: string, msg: NewMessage): void {
+    conn.inFlight++;
+    this.store.append(msg).then(
+      (stored) => {
+        this.counters.stored++;
+        this.send(conn, { type: 'ack', ref, id: stored.id });
+      },
+      (e: unknown) => {
+        if (isRapError(e, 'RAP_STORE_FULL')) this.protocolError(conn, 'STORE_FULL', errorMessage(e), ref);
+        else this.protocolError(conn, 'BUSY', `not stored, send again: ${errorMessage(e)}`, ref);
+      },
+    ).finally(() => {
+      conn.inFlight--;
+      if (!conn.sock.destroyed) this.drain(conn);
+    });
+  }
+
+  private seen(): void {
+    this.lastSeen = this.now();
+    if (!this.online && this.instrument) {
+      this.online = true;
+      this.event('instrument-online', {});
+    }
+  }
+
+  private event(event: string, details: Record<string, unknown>): void {
+    this.log.info(event, { serial: this.instrument?.serial, ...details });
+    this.store
+      .append({ kind: 'event', port: this.cfg.name, instrument: this.instrument, instrumentTime: null, body: { event, ...details } })
+      .catch((e: unknown) => this.log.warn('could not store event', { event, error: errorMessage(e) }));
+  }
+
+  /** Presence and polling, checked every tick. */
+  private tick(): void {
+    const now = this.now();
+    if (this.online && this.lastSeen !== null && now - this.lastSeen >= this.cfg.offlineAfterSec * 1000) {
+      this.online = false;
+      this.event('instrument-offline', { lastSeen: new Date(this.lastSeen).toISOString(), silentSec: Math.round((now - this.lastSeen) / 1000) });
+    }
+    const interval = this.cfg.pollIntervalSec * 1000;
+    if (interval <= 0) return;
+    const lastStatus = this.lastStatusAt ?? 0;
+    if (now - lastStatus >= interval && now - this.lastPollAt >= interval) {
+      for (const c of this.conns) {
+        if (!c.identity || c.sock.destroyed) continue;
+        this.lastPollAt = now;
+        this.counters.polls++;
+        this.send(c, { type: 'poll', ref: `p-${++this.pollSeq}` });
+      }
+    }
+  }
+}

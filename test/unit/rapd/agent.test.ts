@@ -1,0 +1,232 @@
+// The port agent against a fake store and a raw TCP client on 127.0.0.1.
+import t, { type Test } from 'tap';
+import { connect, type Socket } from 'node:net';
+import { randomUUID } from 'node:crypto';
+import { PortAgent } from '../../../src/rapd/agent.ts';
+import { createLogger } from '../../../src/lib/log.ts';
+import { RapError } from '../../../src/lib/errors.ts';
+import type { NewMessage } from '../../../src/rapd/store.ts';
+import type { TelemetryMessage } from '../../../src/protocol/telemetry.ts';
+
+const quiet = createLogger({ write: () => {}, syslogPrefix: false });
+
+class FakeStore {
+  messages: TelemetryMessage[] = [];
+  full = false;
+  /** When set, appends wait until release() (to test backpressure). */
+  gate: Promise<void> | null = null;
+  private open: (() => void) | null = null;
+  hold(): void {
+    this.gate = new Promise((r) => (this.open = r));
+  }
+  release(): void {
+    this.open?.();
+    this.gate = null;
+  }
+  async append(m: NewMessage): Promise<TelemetryMessage> {
+    if (this.gate) await this.gate;
+    if (this.full && m.kind !== 'alarm') throw new RapError('RAP_STORE_FULL', 'data partition has 1 MiB free, below store.minFreeBytes');
+    const stored = { ...m, id: randomUUID(), receivedAt: new Date().toISOString() };
+    this.messages.push(stored);
+    return stored;
+  }
+}
+
+async function setup(t: Test, over: Partial<{ pollIntervalSec: number; offlineAfterSec: number; frameTimeoutMs: number; maxUnacked: number }> = {}) {
+  const store = new FakeStore();
+  const agent = await PortAgent.start({
+    port: { name: 'p1', address: '127.0.0.1', port: 0, pollIntervalSec: over.pollIntervalSec ?? 0, offlineAfterSec: over.offlineAfterSec ?? 3600 },
+    store,
+    log: quiet,
+    tickMs: 20,
+    frameTimeoutMs: over.frameTimeoutMs,
+    maxUnacked: over.maxUnacked,
+  });
+  t.teardown(() => agent.stop());
+  return { store, agent };
+}
+
+/** A line-oriented client: send frames, read replies (bounded waits). */
+async function client(t: Test, port: number) {
+  const sock: Socket = connect(port, '127.0.0.1');
+  t.teardown(() => sock.destroy());
+  await new Promise<void>((r, j) => sock.once('connect', r).once('error', j));
+  const lines: Record<string, unknown>[] = [];
+  let buf = '';
+  let closed = false;
+  sock.on('data', (b: Buffer) => {
+    buf += b.toString();
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      lines.push(JSON.parse(buf.slice(0, i)));
+      buf = buf.slice(i + 1);
+    }
+  });
+  sock.on('close', () => (closed = true));
+  sock.on('error', () => {});
+  const waitFor = async (n: number, ms = 5000) => {
+    const end = Date.now() + ms;
+    while (lines.length < n && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+    if (lines.length < n) throw new Error(`got ${lines.length} of ${n} replies: ${JSON.stringify(lines)}`);
+    return lines;
+  };
+  return {
+    sock,
+    lines,
+    waitFor,
+    isClosed: () => closed,
+    send: (o: unknown) => sock.write(`${typeof o === 'string' ? o : JSON.stringify(o)}\n`),
+  };
+}
+
+const hello = { type: 'hello', ref: 'h1', protocol: 1, serial: 'SN1', model: 'DxH 900', swVersion: '3.1' };
+
+t.test('hello, status, alarm, heartbeat: acked after the store has them', async (t) => {
+  const { store, agent } = await setup(t);
+  const c = await client(t, agent.boundPort);
+  c.send(hello);
+  c.send({ type: 'status', ref: 's1', data: { temp: 37 } });
+  c.send({ type: 'alarm', ref: 'a1', code: 'E12', severity: 'major', text: 'reagent low' });
+  c.send({ type: 'heartbeat', ref: 'b1' });
+  const r = await c.waitFor(4);
+  const byRef = Object.fromEntries(r.map((f) => [f['ref'], f]));
+  t.same(byRef['h1'], { type: 'ack', ref: 'h1', id: null });
+  t.same(byRef['b1'], { type: 'ack', ref: 'b1', id: null });
+  const kinds = store.messages.filter((m) => m.kind !== 'event');
+  t.equal(byRef['s1']!['id'], kinds.find((m) => m.kind === 'status')!.id, 'ack carries the stored id');
+  t.equal(byRef['a1']!['id'], kinds.find((m) => m.kind === 'alarm')!.id);
+  const alarm = kinds.find((m) => m.kind === 'alarm')!;
+  t.same(alarm.body, { code: 'E12', severity: 'major', text: 'reagent low', data: {} });
+  t.same(alarm.instrument, { serial: 'SN1', model: 'DxH 900', swVersion: '3.1' });
+  t.equal(alarm.port, 'p1');
+  const st = agent.status();
+  t.equal(st.online, true);
+  t.equal(st.instrument?.serial, 'SN1');
+  t.equal(st.counters.stored, 2);
+  t.ok(store.messages.some((m) => m.kind === 'event' && m.body['event'] === 'instrument-online'), 'online event stored');
+});
+
+t.test('bad input: an error naming the problem, a counter, and the connection goes on', async (t) => {
+  const { store, agent } = await setup(t);
+  const c = await client(t, agent.boundPort);
+  c.send({ type: 'status', ref: 's0', data: {} });
+  c.send('{not json');
+  c.send({ type: 'teleport', ref: 'x1' });
+  c.send(hello);
+  c.send({ type: 'status', ref: 's1', data: [] });
+  c.send({ type: 'status', ref: 's2', data: { ok: true } });
+  const r = await c.waitFor(6);
+  t.same(r.map((f) => [f['type'], f['code'] ?? null, f['ref']]), [
+    ['error', 'NOT_IDENTIFIED', 's0'],
+    ['error', 'BAD_FRAME', null],
+    ['error', 'UNKNOWN_TYPE', 'x1'],
+    ['ack', null, 'h1'],
+    ['error', 'BAD_FRAME', 's1'],
+    ['ack', null, 's2'],
+  ]);
+  for (const f of r.filter((x) => x['type'] === 'error')) t.type(f['message'], 'string');
+  t.equal(store.messages.filter((m) => m.kind === 'status').length, 1, 'only the good status stored');
+  t.same(agent.status().counters.errors, { NOT_IDENTIFIED: 1, BAD_FRAME: 2, UNKNOWN_TYPE: 1 });
+  t.notOk(c.isClosed());
+});
+
+t.test('an oversized frame is refused and the connection closed, memory bounded', async (t) => {
+  const { agent } = await setup(t);
+  const c = await client(t, agent.boundPort);
+  c.send(hello);
+  c.sock.write('{"type":"status","ref":"big","data":{"x":"' + 'A'.repeat(200_000));
+  const r = await c.waitFor(2);
+  t.equal(r[1]!['code'], 'TOO_LARGE');
+  const end = Date.now() + 3000;
+  while (!c.isClosed() && Date.now() < end) await new Promise((res) => setTimeout(res, 10));
+  t.ok(c.isClosed(), 'closed after TOO_LARGE');
+  t.equal(agent.status().counters.errors['TOO_LARGE'], 1);
+});
+
+t.test('a slow sender that leaves a line half-sent is timed out', async (t) => {
+  const { agent } = await setup(t, { frameTimeoutMs: 150 });
+  const c = await client(t, agent.boundPort);
+  c.sock.write('{"type":"hello"');
+  const r = await c.waitFor(1);
+  t.equal(r[0]!['code'], 'TIMEOUT');
+});
+
+t.test('a sender trickling one line byte by byte is still timed out (regression: the clock was reset per chunk)', async (t) => {
+  const { agent } = await setup(t, { frameTimeoutMs: 300 });
+  const c = await client(t, agent.boundPort);
+  const line = JSON.stringify(hello);
+  let i = 0;
+  const trickle = setInterval(() => {
+    if (i < line.length && !c.isClosed()) c.sock.write(line[i++]!);
+  }, 30);
+  t.teardown(() => clearInterval(trickle));
+  const r = await c.waitFor(1, 3000);
+  t.equal(r[0]!['code'], 'TIMEOUT');
+  t.ok(i < line.length, 'cut off before the line was done');
+});
+
+t.test('bye: the instrument leaves in order, recorded as a goodbye, not as offline', async (t) => {
+  const { store, agent } = await setup(t, { offlineAfterSec: 1 });
+  const c = await client(t, agent.boundPort);
+  c.send(hello);
+  c.send({ type: 'bye', ref: 'x1' });
+  await c.waitFor(2);
+  c.sock.end();
+  await new Promise((r) => setTimeout(r, 1500));
+  const ev = store.messages.filter((m) => m.kind === 'event').map((m) => m.body['event']);
+  t.same(ev, ['instrument-online', 'instrument-bye']);
+  t.equal(agent.status().online, false);
+});
+
+t.test('store full: routine refused with STORE_FULL, alarm still stored', async (t) => {
+  const { store, agent } = await setup(t);
+  store.full = true;
+  const c = await client(t, agent.boundPort);
+  c.send(hello);
+  c.send({ type: 'status', ref: 's1', data: {} });
+  c.send({ type: 'alarm', ref: 'a1', code: 'E1', severity: 'critical', text: 'x' });
+  const r = await c.waitFor(3);
+  const byRef = Object.fromEntries(r.map((f) => [f['ref'], f]));
+  t.equal(byRef['s1']!['code'], 'STORE_FULL');
+  t.match(byRef['s1']!['message'], /below store\.minFreeBytes/);
+  t.equal(byRef['a1']!['type'], 'ack');
+});
+
+t.test('backpressure: a flooding connection stops being read at maxUnacked', async (t) => {
+  const { store, agent } = await setup(t, { maxUnacked: 8 });
+  const c = await client(t, agent.boundPort);
+  c.send(hello);
+  await c.waitFor(1);
+  store.hold();
+  for (let i = 0; i < 500; i++) c.send({ type: 'status', ref: `s${i}`, data: { i } });
+  await new Promise((r) => setTimeout(r, 200));
+  t.ok(agent.status().counters.frames <= 1 + 8 + 64, `frames read while the store is held: ${agent.status().counters.frames}`);
+  store.release();
+  await c.waitFor(501, 10_000);
+  t.equal(store.messages.filter((m) => m.kind === 'status').length, 500, 'all stored once released');
+});
+
+t.test('polls a quiet instrument; reports it offline after silence, online again when heard', async (t) => {
+  const { store, agent } = await setup(t, { pollIntervalSec: 1, offlineAfterSec: 1 });
+  const c = await client(t, agent.boundPort);
+  c.send(hello);
+  await c.waitFor(2, 3000); // the ack, then a poll (no status yet)
+  t.ok(c.lines.some((f) => f['type'] === 'poll'), 'poll sent');
+  const end = Date.now() + 4000;
+  while (agent.status().online && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  t.equal(agent.status().online, false, 'offline after silence');
+  const ev = store.messages.filter((m) => m.kind === 'event').map((m) => m.body['event']);
+  t.same(ev, ['instrument-online', 'instrument-offline']);
+  c.send({ type: 'heartbeat', ref: 'b9' });
+  const end2 = Date.now() + 2000;
+  while (!agent.status().online && Date.now() < end2) await new Promise((r) => setTimeout(r, 20));
+  t.equal(agent.status().online, true, 'online again');
+});
+
+t.test('listen failure names the port and address', async (t) => {
+  const { agent } = await setup(t);
+  await t.rejects(
+    PortAgent.start({ port: { name: 'p2', address: '127.0.0.1', port: agent.boundPort, pollIntervalSec: 0, offlineAfterSec: 60 }, store: new FakeStore(), log: quiet }),
+    { code: 'RAP_AGENT', message: /port p2: cannot listen on 127\.0\.0\.1:\d+/ },
+  );
+});
