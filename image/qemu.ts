@@ -28,6 +28,12 @@ export interface VmOptions {
   credentials?: Record<string, string>;
   /** Writes go to a temporary overlay; the image file is never changed. */
   snapshot?: boolean;
+  /**
+   * Guest connections to a virtual address forwarded to a host loopback
+   * port (QEMU guestfwd), e.g. a rap-center run by a test:
+   * { guest: '10.0.2.100:443', host: '127.0.0.1:40123' }.
+   */
+  forwards?: { guest: string; host: string }[];
 }
 
 /** The QEMU argv for a VM (pure; unit-tested). */
@@ -39,8 +45,9 @@ export function qemuArgv(o: VmOptions): string[] {
     '-drive', `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`,
     '-drive', `if=pflash,format=raw,file=${o.varsFile}`,
     '-drive', `file=${o.disk},format=raw,if=virtio${o.snapshot === false ? '' : ',snapshot=on'}`,
-    // restrict=on: the guest reaches no host or outside address.
-    '-nic', 'user,model=virtio-net-pci,restrict=on',
+    // restrict=on: the guest reaches no host or outside address, only the
+    // forwards listed explicitly.
+    '-nic', ['user', 'model=virtio-net-pci', 'restrict=on', ...(o.forwards ?? []).map((f) => `guestfwd=tcp:${f.guest}-tcp:${f.host}`)].join(','),
     '-no-reboot',
   );
   if (o.serial === 'stdio') argv.push('-nographic');

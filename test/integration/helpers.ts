@@ -51,3 +51,27 @@ export async function waitFor(what: string, check: () => boolean, timeoutMs = 10
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
 }
+
+export const CENTER_BIN = join(REPO, 'out/rap-center');
+/** The device id test PKIs issue a certificate for. */
+export const DEVICE = 'box-1';
+
+/**
+ * A PKI made by the real rap-center CLI in `dir`/pki: CA, a server
+ * certificate for localhost, 127.0.0.1 and any extra IPs, and a device
+ * certificate for `device`. Made at test time; never committed.
+ */
+export async function makePki(dir: string, opts: { device?: string; ips?: string[] } = {}): Promise<string> {
+  if (!existsSync(CENTER_BIN)) throw new Error(`${CENTER_BIN} is missing: run make build`);
+  const pki = join(dir, 'pki');
+  const ips = ['127.0.0.1', ...(opts.ips ?? [])].flatMap((ip) => ['--ip', ip]);
+  for (const args of [
+    ['pki', 'init', '--dir', pki],
+    ['pki', 'issue-server', '--dir', pki, '--name', 'localhost', ...ips],
+    ['pki', 'issue-device', '--dir', pki, opts.device ?? DEVICE],
+  ]) {
+    const r = await runBinary([CENTER_BIN, ...args], { PATH: '/usr/bin:/bin' }, 60_000);
+    if (r.code !== 0) throw new Error(`rap-center ${args.join(' ')} failed: ${r.stderr}`);
+  }
+  return pki;
+}

@@ -8,7 +8,7 @@ import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO, requireRapd, runBinary } from './helpers.ts';
+import { DEVICE, makePki, requireRapd, runBinary } from './helpers.ts';
 import { freePort, startDanted, startTinyproxy } from './proxies.ts';
 import { startCenter } from '../../src/center/server.ts';
 import { openCenterDb } from '../../src/center/db.ts';
@@ -17,29 +17,12 @@ import { runSimulator } from '../../src/sim/simulator.ts';
 import type { StatusReport } from '../../src/protocol/control.ts';
 
 const rapd = requireRapd();
-const CENTER_BIN = join(REPO, 'out/rap-center');
-const DEVICE = 'box-1';
 const quiet = createLogger({ write: () => {}, syslogPrefix: false });
 
 function tmp(t: Test, prefix: string): string {
   const d = mkdtempSync(`/tmp/${prefix}-`);
   t.teardown(() => rmSync(d, { recursive: true, force: true }));
   return d;
-}
-
-/** A PKI made by the real rap-center CLI: CA, server cert for 127.0.0.1, device cert for box-1. */
-async function makePki(dir: string): Promise<string> {
-  if (!existsSync(CENTER_BIN)) throw new Error(`${CENTER_BIN} is missing: run make build`);
-  const pki = join(dir, 'pki');
-  for (const args of [
-    ['pki', 'init', '--dir', pki],
-    ['pki', 'issue-server', '--dir', pki, '--name', 'localhost', '--ip', '127.0.0.1'],
-    ['pki', 'issue-device', '--dir', pki, DEVICE],
-  ]) {
-    const r = await runBinary([CENTER_BIN, ...args], { PATH: '/usr/bin:/bin' }, 60_000);
-    if (r.code !== 0) throw new Error(`rap-center ${args.join(' ')} failed: ${r.stderr}`);
-  }
-  return pki;
 }
 
 interface CenterHandle {
@@ -287,4 +270,26 @@ t.test('Retry-After from the center is honoured and nothing is lost', async (t) 
   const s = await box.status();
   t.equal(s.uplink?.consecutiveFailures, 0, 'recovered');
   t.match(s.uplink?.lastError, /503/);
+});
+
+t.test('a flood from one port does not starve the others', async (t) => {
+  const dir = tmp(t, 'rap-tel');
+  const pki = await makePki(dir);
+  const c = await center(t, dir, pki);
+  const floodPort = await freePort();
+  const quietPort = await freePort();
+  const box = await startRapd(t, dir, pki, c.port, floodPort, {
+    ports: [
+      { name: 'p1', address: '127.0.0.1', port: floodPort, pollIntervalSec: 0 },
+      { name: 'p2', address: '127.0.0.1', port: quietPort, pollIntervalSec: 0 },
+    ],
+  });
+  const flood = sim(floodPort, { serial: 'SN-FLOOD', misbehave: 'flood', durationMs: 3000, timeoutMs: 20_000 });
+  const steady = await sim(quietPort, { serial: 'SN-QUIET', ratePerSec: 50, durationMs: 3000 });
+  const flooded = await flood;
+  t.ok(flooded.acked > steady.acked, `the flooding port was served too (${flooded.acked} acks)`);
+  t.equal(steady.acked, steady.sent, `the quiet port got every ack during the flood (${steady.acked}/${steady.sent})`);
+  t.same(steady.errors, {}, 'and no errors');
+  const s = await box.status();
+  t.equal(s.ports.find((p) => p.name === 'p2')?.counters.stored, steady.acked);
 });

@@ -12,12 +12,19 @@ import t from 'tap';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { detectAccel, freshVars, startVm } from '../../image/qemu.ts';
+import { makePki } from '../integration/helpers.ts';
+import { startCenter } from '../../src/center/server.ts';
+import { openCenterDb } from '../../src/center/db.ts';
+import { createLogger } from '../../src/lib/log.ts';
 
 const REPO = join(import.meta.dirname, '../..');
 const IMAGE = process.env['RAPBOX_IMAGE'] ?? join(REPO, 'out/rapbox.img');
 const WORK = join(REPO, 'out/vm/boot');
 // TCG boots take 30-60 s on a loaded 2-core machine; this bounds a hang.
 const BOOT_BOUND_MS = 8 * 60_000;
+/** Where the guest reaches the test's rap-center (QEMU guestfwd to a host loopback port). */
+const CENTER_IN_GUEST = '10.0.2.100:443';
+const VM_DEVICE = 'box-vm';
 
 /** Parse RAPBOX-RESULT lines from the serial log (escapes and kernel noise around them). */
 export function parseResults(serial: string): Map<string, string> {
@@ -45,16 +52,42 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
   writeFileSync(serial, '');
   const accel = await detectAccel(WORK);
   t.comment(`accelerator: ${accel}`);
+
+  // A rap-center on the host, reached from the guest through guestfwd.
+  const pki = await makePki(WORK, { device: VM_DEVICE, ips: [CENTER_IN_GUEST.split(':')[0]!] });
+  const centerDb = join(WORK, 'center.db');
+  const center = await startCenter({
+    dbPath: centerDb,
+    host: '127.0.0.1',
+    port: 0,
+    key: readFileSync(join(pki, 'server.key')),
+    cert: readFileSync(join(pki, 'server.pem')),
+    ca: readFileSync(join(pki, 'ca.pem')),
+    log: createLogger({ write: () => {}, syslogPrefix: false }),
+  });
+  t.teardown(() => center.close());
+  const siteConfig = {
+    device: { name: 'rapbox-vm', id: VM_DEVICE },
+    ports: [{ name: 'p1', address: '127.0.0.1', port: 7400, pollIntervalSec: 0 }],
+    center: { url: `https://${CENTER_IN_GUEST}` },
+    uplink: { batchMaxDelayMs: 200, backoffMaxMs: 5000 },
+  };
+
   const started = Date.now();
   const vm = startVm({
     disk: IMAGE,
     accel,
     varsFile: freshVars(WORK),
     serial,
+    forwards: [{ guest: CENTER_IN_GUEST, host: `127.0.0.1:${center.port}` }],
     credentials: {
       'systemd.extra-unit.rapbox-selftest.service': readFileSync(join(import.meta.dirname, 'selftest.service'), 'utf8'),
       'systemd.unit-dropin.multi-user.target~rapbox-selftest': '[Unit]\nWants=rapbox-selftest.service\n',
       'rapbox.selftest.sh': readFileSync(join(import.meta.dirname, 'selftest.sh'), 'utf8'),
+      'rapbox.telemetry.config': JSON.stringify(siteConfig),
+      'rapbox.telemetry.ca': readFileSync(join(pki, 'ca.pem'), 'utf8'),
+      'rapbox.telemetry.cert': readFileSync(join(pki, 'devices', `${VM_DEVICE}.pem`), 'utf8'),
+      'rapbox.telemetry.key': readFileSync(join(pki, 'devices', `${VM_DEVICE}.key`), 'utf8'),
     },
   });
   t.teardown(() => vm.kill());
@@ -95,6 +128,20 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
   const mounts = r.get('mounts') ?? '';
   t.match(mounts, /^\/ \S+ squashfs ro[,\s]/m, 'root is the read-only squashfs slot');
   t.match(mounts, /^\/var \/dev\/vda4 ext4 rw/m, 'data partition on /var');
+
+  // Telemetry inside the image: instrument -> rapd -> mTLS -> the host's rap-center.
+  t.equal(r.get('telemetry-restart'), 'active', 'rapd restarted with the provisioned site config');
+  const simReport = JSON.parse(r.get('telemetry-sim') ?? 'null') as { acked: number; sent: number } | null;
+  t.equal(simReport?.acked, 50, `instrument simulator in the guest got 50 acks: ${r.get('telemetry-sim')}`);
+  const tel = JSON.parse(r.get('telemetry-status') ?? 'null') as { uplink: { sentMessages: number; lastError: string | null; proxy: string } } | null;
+  t.ok((tel?.uplink.sentMessages ?? 0) >= 50, `uplink delivered (last error: ${tel?.uplink.lastError}; journal: ${r.get('telemetry-journal')})`);
+  const db = openCenterDb(centerDb, { create: false });
+  const atCenter = db.messages({ device: VM_DEVICE, tail: 1000 });
+  db.close();
+  const fromSim = atCenter.filter((m) => m.kind === 'status' || m.kind === 'alarm');
+  t.equal(fromSim.length, 50, 'the host rap-center stored the 50 messages from the guest instrument');
+  t.ok(fromSim.every((m) => m.instrument?.serial === 'SN-VM-1' && m.port === 'p1'), 'with the instrument identity and port');
+  t.equal(fromSim.filter((m) => m.kind === 'alarm').length, 5, 'alarms included');
 
   // Numbers for the closing notes and make bench (not asserted).
   const startUs = Number(show['ExecMainStartTimestampMonotonic']);

@@ -7,6 +7,7 @@
 # No assertions here: the host decides what is right.
 
 out() { printf 'RAPBOX-RESULT %s %s\n' "$1" "$(printf '%s' "$2" | base64 -w0)" >/dev/console; }
+cred="$CREDENTIALS_DIRECTORY"
 
 printf 'RAPBOX-SELFTEST-BEGIN\n' >/dev/console
 state=$(timeout 240 systemctl is-system-running --wait 2>&1)
@@ -22,5 +23,29 @@ out mounts "$(findmnt -rn -o TARGET,SOURCE,FSTYPE,OPTIONS 2>&1)"
 out cmdline "$(cat /proc/cmdline)"
 out analyze "$(systemd-analyze 2>&1 | head -1)"
 out rapd-journal "$(journalctl -u rapd.service -b --no-pager -o cat 2>&1 | tail -20)"
+
+# Telemetry through the real image: provision the box the way a field
+# engineer would (site config and PKI on the data partition), restart rapd,
+# let the reference instrument send, and wait (bounded) until the uplink has
+# delivered everything to the rap-center the test runs on the host.
+if [ -f "$cred/rapbox.telemetry.config" ]; then
+  install -m 0600 "$cred/rapbox.telemetry.ca" /var/lib/rapd/pki/center-ca.pem
+  install -m 0600 "$cred/rapbox.telemetry.cert" /var/lib/rapd/pki/device.pem
+  install -m 0600 "$cred/rapbox.telemetry.key" /var/lib/rapd/pki/device.key
+  install -m 0600 "$cred/rapbox.telemetry.config" /var/lib/rapd/rapd.json
+  systemctl restart rapd.service
+  out telemetry-restart "$(systemctl is-active rapd.service 2>&1)"
+  out telemetry-sim "$(timeout 120 rapctl instrument-sim --connect 127.0.0.1:7400 --serial SN-VM-1 --model DxH-900 --count 50 --alarm-ratio 0.1 --json 2>&1)"
+  i=0
+  while [ $i -lt 90 ]; do
+    s=$(timeout 20 rapctl status --json 2>/dev/null)
+    n=$(printf '%s' "$s" | grep -o '"sentMessages": [0-9]*' | grep -o '[0-9]*$')
+    [ "${n:-0}" -ge 50 ] && break
+    sleep 1; i=$((i + 1))
+  done
+  out telemetry-status "$(timeout 20 rapctl status --json 2>&1)"
+  out telemetry-journal "$(journalctl -u rapd.service -b --no-pager -o cat 2>&1 | tail -30)"
+fi
+
 printf 'RAPBOX-SELFTEST-END\n' >/dev/console
 systemctl poweroff --no-block
