@@ -281,7 +281,7 @@ async function buildDisk(layout: Partition[], images: Map<string, string>): Prom
 
 /** Hash of everything the image is made from, to skip a build with no changes. */
 function inputStamp(baseTar: string, rapdSha: string, epoch: number): string {
-  const files: string[] = [];
+  let files: string[] = [];
   const walk = (dir: string): void => {
     for (const n of readdirSync(dir).sort()) {
       const p = join(dir, n);
@@ -291,6 +291,9 @@ function inputStamp(baseTar: string, rapdSha: string, epoch: number): string {
   };
   walk(join(REPO, 'rootfs-overlay'));
   walk(join(REPO, 'image'));
+  // Tools that do not shape the image's bytes (out/rapd is hashed separately).
+  const notInputs = new Set(['image/qemu.ts', 'image/deps.sh', 'image/sea.ts', 'image/readme-settings.ts']);
+  files = files.filter((f) => !notInputs.has(relative(REPO, f)));
   const h = createHash('sha256').update(`${baseTar}\0${rapdSha}\0${epoch}\0`);
   for (const f of files) h.update(relative(REPO, f)).update('\0').update(String(statSync(f).mode & 0o111)).update(readFileSync(f));
   return h.digest('hex');

@@ -23,6 +23,7 @@ declare -A vm_tools=(
   [qemu-system-x86_64]=qemu-system-x86
   [qemu-img]=qemu-utils
   [/usr/share/OVMF/OVMF_CODE_4M.fd]=ovmf
+  [socat]=socat
 )
 declare -A integration_tools=(
   [ip]=iproute2

@@ -30,10 +30,14 @@ export interface VmOptions {
   snapshot?: boolean;
   /**
    * Guest connections to a virtual address forwarded to a host loopback
-   * port (QEMU guestfwd), e.g. a rap-center run by a test:
+   * port, e.g. a rap-center run by a test:
    * { guest: '10.0.2.100:443', host: '127.0.0.1:40123' }.
+   * QEMU's guestfwd with a chardev target is one stream for the VM's whole
+   * life; the cmd: form runs socat once per guest connection instead.
    */
   forwards?: { guest: string; host: string }[];
+  /** A second serial port (ttyS1 in the guest) to a file: a clean channel for test results. */
+  resultsFile?: string;
 }
 
 /** The QEMU argv for a VM (pure; unit-tested). */
@@ -47,11 +51,12 @@ export function qemuArgv(o: VmOptions): string[] {
     '-drive', `file=${o.disk},format=raw,if=virtio${o.snapshot === false ? '' : ',snapshot=on'}`,
     // restrict=on: the guest reaches no host or outside address, only the
     // forwards listed explicitly.
-    '-nic', ['user', 'model=virtio-net-pci', 'restrict=on', ...(o.forwards ?? []).map((f) => `guestfwd=tcp:${f.guest}-tcp:${f.host}`)].join(','),
+    '-nic', ['user', 'model=virtio-net-pci', 'restrict=on', ...(o.forwards ?? []).map((f) => `guestfwd=tcp:${f.guest}-cmd:socat STDIO TCP:${f.host}`)].join(','),
     '-no-reboot',
   );
   if (o.serial === 'stdio') argv.push('-nographic');
   else argv.push('-display', 'none', '-serial', `file:${o.serial}`, '-monitor', 'none');
+  if (o.resultsFile) argv.push('-serial', `file:${o.resultsFile}`);
   for (const [name, content] of Object.entries(o.credentials ?? {})) {
     // Base64 avoids QEMU's comma escaping and keeps newlines intact.
     argv.push('-smbios', `type=11,value=io.systemd.credential.binary:${name}=${Buffer.from(content).toString('base64')}`);

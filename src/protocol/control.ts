@@ -2,6 +2,8 @@
 // socket: one JSON request per line, one JSON response per line. Shared by
 // both ends so they cannot drift apart.
 
+import type { InstrumentIdentity } from './telemetry.ts';
+
 export const CONTROL_METHODS = ['status'] as const;
 export type ControlMethod = (typeof CONTROL_METHODS)[number];
 
@@ -9,12 +11,12 @@ export interface ControlRequest {
   method: ControlMethod;
 }
 
-/** Per-port agent state (mirrors src/rapd/agent.ts PortStatus). */
+/** Per-port agent state. */
 export interface PortReport {
   name: string;
   listen: string;
   connections: number;
-  instrument: { serial: string; model: string; swVersion: string } | null;
+  instrument: InstrumentIdentity | null;
   online: boolean;
   lastSeen: string | null;
   lastStatusAt: string | null;
@@ -23,20 +25,27 @@ export interface PortReport {
 
 export interface StoreReport {
   queued: { alarm: number; routine: number };
+  /** Approximate payload bytes queued (the stored JSON). */
   bytes: number;
+  /** receivedAt of the oldest queued routine message. */
   oldestRoutineAt: string | null;
+  /** Dropped by the quotas; persisted, so these count across restarts. */
   dropped: { alarm: number; routine: number };
+  /** Appends rejected since open: disk low (routine) or a failed commit (either). */
   refused: { alarm: number; routine: number };
+  /** One human line about the last drop, e.g. "dropped 120 routine messages (quota 1000000) at ...". */
   lastDrop: string | null;
+  /** Group-commit counters since open. */
   commits: number;
   messagesCommitted: number;
+  /** What recovery found at open (corrupt file moved aside, unclean shutdown), or null. */
   recovered: string | null;
 }
 
 export interface UplinkReport {
   center: string;
   proxy: string;
-  state: string;
+  state: 'idle' | 'waiting' | 'sending' | 'backoff' | 'stopped';
   lastSuccessAt: string | null;
   lastError: string | null;
   consecutiveFailures: number;
@@ -45,6 +54,7 @@ export interface UplinkReport {
   sentMessages: number;
   duplicatesAtCenter: number;
   rejectedByCenter: number;
+  /** Bytes on the wire (TCP payload both ways, incl. TLS and proxy handshakes). */
   wireBytes: number;
 }
 

@@ -24,6 +24,7 @@ import {
   type ProtocolErrorCode,
 } from '../protocol/instrument.ts';
 import type { InstrumentIdentity, TelemetryMessage } from '../protocol/telemetry.ts';
+import type { PortReport } from '../protocol/control.ts';
 import type { PortConfig } from './config.ts';
 import type { NewMessage } from './store.ts';
 
@@ -47,16 +48,8 @@ export interface AgentDeps {
   tickMs?: number;
 }
 
-export interface PortStatus {
-  name: string;
-  listen: string;
-  connections: number;
-  instrument: InstrumentIdentity | null;
-  online: boolean;
-  lastSeen: string | null;
-  lastStatusAt: string | null;
-  counters: { frames: number; stored: number; polls: number; errors: Record<string, number> };
-}
+/** A port's part of `rapctl status` (defined once, in the control protocol). */
+export type PortStatus = PortReport;
 
 interface Conn {
   sock: Socket;

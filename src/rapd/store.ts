@@ -38,6 +38,7 @@ import { dirname } from 'node:path';
 import { fsyncDir } from '../lib/durable.ts';
 import { RapError, errorMessage } from '../lib/errors.ts';
 import type { Fields, Logger } from '../lib/log.ts';
+import type { StoreReport } from '../protocol/control.ts';
 import { priorityOf, type InstrumentIdentity, type MessageKind, type Priority, type TelemetryMessage } from '../protocol/telemetry.ts';
 
 export interface NewMessage {
@@ -69,24 +70,8 @@ export interface StoreOptions {
   maxDbBytes?: number;
 }
 
-export interface StoreStats {
-  queued: { alarm: number; routine: number };
-  /** Approximate payload bytes queued (the stored JSON). */
-  bytes: number;
-  /** receivedAt of the oldest queued routine message. */
-  oldestRoutineAt: string | null;
-  /** Dropped by the quotas; persisted, so these count across restarts. */
-  dropped: { alarm: number; routine: number };
-  /** Appends rejected since open: disk low (routine) or a failed commit (either). */
-  refused: { alarm: number; routine: number };
-  /** One human line about the last drop, e.g. "dropped 120 routine messages (quota 1000000) at ...". */
-  lastDrop: string | null;
-  /** Group-commit counters since open. */
-  commits: number;
-  messagesCommitted: number;
-  /** What recovery found at open (corrupt file moved aside, unclean shutdown), or null. */
-  recovered: string | null;
-}
+/** The store's part of `rapctl status` (defined once, in the control protocol). */
+export type StoreStats = StoreReport;
 
 /** Appends waiting at once that trigger a flush without waiting for the turn to end. */
 export const FLUSH_AT = 1000;

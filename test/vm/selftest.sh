@@ -1,15 +1,18 @@
 #!/bin/sh
 # Runs inside the booted image (injected by test/vm as a systemd credential;
-# the image does not ship it). Waits, bounded, for boot to finish, then prints
-# raw facts on the serial console, one per line as
+# the image does not ship it). Waits, bounded, for boot to finish, then writes
+# raw facts to the second serial port (ttyS1: no console, no getty on it),
+# one per line as
 #   RAPBOX-RESULT <name> <base64 of the output>
 # so the host can assert on them, and powers off.
 # No assertions here: the host decides what is right.
 
-out() { printf 'RAPBOX-RESULT %s %s\n' "$1" "$(printf '%s' "$2" | base64 -w0)" >/dev/console; }
+results=/dev/ttyS1
+out() { printf 'RAPBOX-RESULT %s %s\n' "$1" "$(printf '%s' "$2" | base64 -w0)" >"$results"; }
 cred="$CREDENTIALS_DIRECTORY"
 
-printf 'RAPBOX-SELFTEST-BEGIN\n' >/dev/console
+printf 'RAPBOX-SELFTEST-BEGIN\n' >"$results"
+echo 'rapbox self-test: running' >/dev/console
 state=$(timeout 240 systemctl is-system-running --wait 2>&1)
 out system-state "$state"
 out failed-units "$(systemctl --failed --plain --no-legend 2>&1)"
@@ -36,16 +39,18 @@ if [ -f "$cred/rapbox.telemetry.config" ]; then
   systemctl restart rapd.service
   out telemetry-restart "$(systemctl is-active rapd.service 2>&1)"
   out telemetry-sim "$(timeout 120 rapctl instrument-sim --connect 127.0.0.1:7400 --serial SN-VM-1 --model DxH-900 --count 50 --alarm-ratio 0.1 --json 2>&1)"
-  i=0
-  while [ $i -lt 90 ]; do
+  # Bounded by the clock: under TCG one rapctl call takes seconds.
+  deadline=$(( $(date +%s) + 90 ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
     s=$(timeout 20 rapctl status --json 2>/dev/null)
     n=$(printf '%s' "$s" | grep -o '"sentMessages": [0-9]*' | grep -o '[0-9]*$')
     [ "${n:-0}" -ge 50 ] && break
-    sleep 1; i=$((i + 1))
+    sleep 2
   done
   out telemetry-status "$(timeout 20 rapctl status --json 2>&1)"
   out telemetry-journal "$(journalctl -u rapd.service -b --no-pager -o cat 2>&1 | tail -30)"
 fi
 
-printf 'RAPBOX-SELFTEST-END\n' >/dev/console
+printf 'RAPBOX-SELFTEST-END\n' >"$results"
+echo 'rapbox self-test: done, powering off' >/dev/console
 systemctl poweroff --no-block

@@ -18,7 +18,7 @@ t.test('TCG, serial to a file, snapshot, restricted user network, credentials', 
 
 t.test('guestfwd forwards are added to the restricted user network', async (t) => {
   const argv = qemuArgv({ disk: '/d.img', accel: 'tcg', varsFile: '/v.fd', serial: '/s.log', forwards: [{ guest: '10.0.2.100:443', host: '127.0.0.1:4000' }] });
-  t.ok(argv.includes('user,model=virtio-net-pci,restrict=on,guestfwd=tcp:10.0.2.100:443-tcp:127.0.0.1:4000'));
+  t.ok(argv.includes('user,model=virtio-net-pci,restrict=on,guestfwd=tcp:10.0.2.100:443-cmd:socat STDIO TCP:127.0.0.1:4000'));
 });
 
 t.test('KVM uses the host CPU; a person gets -nographic', async (t) => {
