@@ -13,7 +13,7 @@
 
 import { Agent, request, type AgentOptions } from 'node:https';
 import { readFileSync } from 'node:fs';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { gzipSync } from 'node:zlib';
 import { RapError, errorMessage } from '../lib/errors.ts';
@@ -114,7 +114,9 @@ export class Uplink {
       connectVia(this.proxy, this.target.hostname, Number(this.target.port || 443), { timeoutMs: connectTimeout }).then(
         (raw) => {
           this.track(raw);
-          cb(null, tlsConnect({ ...tlsOptions, socket: raw, servername: this.target.hostname }));
+          // SNI carries names only (RFC 6066); an IP target is still verified against the certificate's IP SANs.
+          const host = this.target.hostname.replace(/^\[|\]$/g, '');
+          cb(null, tlsConnect({ ...tlsOptions, socket: raw, host, ...(isIP(host) ? {} : { servername: host }) }));
         },
         (e: unknown) => cb(e as Error),
       );

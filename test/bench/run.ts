@@ -443,13 +443,25 @@ async function center(root: string): Promise<void> {
         return s.queued === 0 && s.state === 'idle';
       }, 30_000, 200);
       const i0 = await sample(box, t0);
+      const k0 = tcpCounters(c.port);
       const idleMs = 30_000;
       await sleep(idleMs);
       const i1 = await sample(box, t0);
-      row('idle_bytes_per_hour', ((i1.wire - i0.wire) * 3600_000) / (i1.t - i0.t), 'B/h', 'lower', {
+      const k1 = tcpCounters(c.port);
+      const perHour = 3600_000 / (i1.t - i0.t);
+      const segs = k0 && k1 ? k1.segs - k0.segs : null;
+      row('idle_bytes_per_hour', (i1.wire - i0.wire) * perHour, 'B/h', 'lower', {
         note:
-          `uplink.wireBytes over ${((i1.t - i0.t) / 1000).toFixed(0)} s with the center connected and no instrument traffic, x${(3600_000 / (i1.t - i0.t)).toFixed(0)}; ` +
+          `uplink.wireBytes (TCP payload) over ${((i1.t - i0.t) / 1000).toFixed(0)} s with the center connected and no instrument traffic, x${perHour.toFixed(0)}; ` +
           `${i1.sent - i0.sent} messages sent meanwhile; RssAnon then ${mb(rssAnonKiB(box.pid)).toFixed(1)} MB`,
+      });
+      row('idle_tcp_segments_per_hour', segs === null ? null : segs * perHour, 'seg/h', 'lower', {
+        note:
+          segs === null
+            ? 'ss -ti found no established uplink socket at the start or end of the idle window'
+            : `ss -ti on the box side of the uplink (${k1!.sockets} socket(s); ${k1!.timers}): ${segs} segments in and out (TCP keepalive probes and their ACKs carry no payload, ` +
+              `so uplink.wireBytes does not see them) and ${k1!.bytes - k0!.bytes} payload bytes in the window; at ~66 B of headers each that is ` +
+              `~${Math.round((segs * 66 * perHour) / 1024)} KiB/h more on a real link`,
       });
     } finally {
       await box.stop();
@@ -457,6 +469,22 @@ async function center(root: string): Promise<void> {
   } finally {
     await c.stop();
   }
+}
+
+/** TCP counters of the box's side of its connections to the center (ss -ti), or null when none is established. */
+function tcpCounters(centerPort: number): { segs: number; bytes: number; sockets: number; timers: string } | null {
+  const r = spawnSync('ss', ['-tinoH', 'state', 'established', 'dport', '=', `:${centerPort}`], { encoding: 'utf8', timeout: 5000 });
+  if (r.status !== 0) return null;
+  const num = (text: string, key: string): number => Number(new RegExp(`\\b${key}:(\\d+)`).exec(text)?.[1] ?? 0);
+  const info = r.stdout.split('\n').filter((l) => /segs_out:/.test(l));
+  if (info.length === 0) return null;
+  const timers = [...new Set(r.stdout.match(/timer:\([^)]*\)/g) ?? [])].join(' ') || 'no timer';
+  return {
+    segs: info.reduce((n, l) => n + num(l, 'segs_out') + num(l, 'segs_in'), 0),
+    bytes: info.reduce((n, l) => n + num(l, 'bytes_sent') + num(l, 'bytes_received'), 0),
+    sockets: info.length,
+    timers,
+  };
 }
 
 // --- output -------------------------------------------------------------------
