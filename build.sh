@@ -3,7 +3,7 @@
 # it needs first (Debian packages via image/deps.sh, npm packages via npm ci).
 #
 #   ./build.sh npm     install the pinned npm dependencies (incl. the box's Node 24)
-#   ./build.sh rapd    out/rapd: the single executable
+#   ./build.sh rapd    out/rapd and out/rap-center: the single executables
 #   ./build.sh image   out/rapbox.img (+ .zst, SHA256SUMS, image.json)
 #   ./build.sh qemu    boot out/rapbox.img on this terminal
 set -euo pipefail
@@ -15,6 +15,11 @@ npm_deps() {
   # node_modules is current when it was installed from this exact lockfile.
   if [[ -x $NODE && -f node_modules/.package-lock.json && node_modules/.package-lock.json -nt package-lock.json ]]; then
     return 0
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    # Debian's nodejs package ships without npm.
+    echo "==> installing npm (Debian package)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
   fi
   echo "==> npm ci (pinned dependencies, Node $(node --version) for tooling)"
   npm ci --no-audit --no-fund --loglevel=error
@@ -30,7 +35,7 @@ need_root() {
 
 case ${1:-} in
   npm) npm_deps ;;
-  rapd) npm_deps; "$NODE" image/sea.ts ;;
+  rapd) image/deps.sh build; npm_deps; "$NODE" image/sea.ts ;;
   image)
     need_root image
     image/deps.sh image

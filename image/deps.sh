@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the host tools that `make image` and `make test` need, from Debian's
 # packages, only when one is missing. Idempotent; safe to run on every build.
-# Usage: image/deps.sh [image|vm|integration|all]
+# Usage: image/deps.sh [build|image|vm|integration|all]
 set -euo pipefail
 
 want=${1:-all}
 # command -> Debian package that ships it
+declare -A build_tools=(
+  [strip]=binutils
+)
 declare -A image_tools=(
   [mmdebstrap]=mmdebstrap
   [mksquashfs]=squashfs-tools
@@ -43,11 +46,12 @@ check() {
   done
 }
 case $want in
+  build) check build_tools ;;
   image) check image_tools ;;
   vm) check image_tools; check vm_tools ;;
   integration) check integration_tools ;;
-  all) check image_tools; check vm_tools; check integration_tools ;;
-  *) echo "deps.sh: unknown set '$want' (expected image, vm, integration or all)" >&2; exit 2 ;;
+  all) check build_tools; check image_tools; check vm_tools; check integration_tools ;;
+  *) echo "deps.sh: unknown set '$want' (expected build, image, vm, integration or all)" >&2; exit 2 ;;
 esac
 ((${#missing[@]} == 0)) && exit 0
 
