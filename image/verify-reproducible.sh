@@ -19,8 +19,9 @@ trap cleanup EXIT
 for i in 1 2; do
   echo "==> reproducible build $i of 2: $commit in $work/$i"
   git worktree add --detach "$work/$i" "$commit" >/dev/null
-  # The npm tree is pinned by package-lock.json (integrity hashes); share it.
-  ln -s "$top/node_modules" "$work/$i/node_modules"
+  # The npm tree is pinned by package-lock.json (integrity hashes): a
+  # hard-linked copy, never a symlink (npm ci in the copy must not touch ours).
+  cp -al "$top/node_modules" "$work/$i/node_modules"
   (cd "$work/$i" && ./build.sh rapd && ./build.sh image) > "$work/build-$i.log" 2>&1 || {
     tail -30 "$work/build-$i.log" >&2
     echo "verify-reproducible: build $i failed (log above)" >&2
