@@ -73,9 +73,11 @@ async function buildOne(name: SeaName, entry: string, work: string, pin: Runtime
 
   const seaConfig = join(work, `${name}.sea-config.json`);
   const blob = join(work, `${name}.blob`);
+  // Relative paths (node runs in `work`): the blob records the main script's
+  // path, and an absolute one would make two checkouts build different bytes.
   const seaSettings = JSON.stringify({
-      main: bundle,
-      output: blob,
+      main: `${name}.cjs`,
+      output: `${name}.blob`,
       disableExperimentalSEAWarning: true,
       // A code cache is V8-build specific and not byte-stable; startup is fast without.
       useCodeCache: false,

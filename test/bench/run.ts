@@ -19,6 +19,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '../../src/lib/log.ts';
 import type { StatusReport } from '../../src/protocol/control.ts';
@@ -468,7 +469,8 @@ async function center(root: string): Promise<void> {
       const i1 = await sample(box, t0);
       const k1 = tcpCounters(c.port);
       const perHour = 3600_000 / (i1.t - i0.t);
-      const segs = k0 && k1 ? k1.segs - k0.segs : null;
+      // A socket closed and opened again in the window would make the delta meaningless.
+      const segs = k0 && k1 && k1.segs >= k0.segs && k1.sockets === k0.sockets ? k1.segs - k0.segs : null;
       row('idle_bytes_per_hour', (i1.wire - i0.wire) * perHour, 'B/h', 'lower', {
         note:
           `uplink.wireBytes (TCP payload) over ${((i1.t - i0.t) / 1000).toFixed(0)} s with the center connected and no instrument traffic, x${perHour.toFixed(0)}; ` +
@@ -477,10 +479,11 @@ async function center(root: string): Promise<void> {
       row('idle_tcp_segments_per_hour', segs === null ? null : segs * perHour, 'seg/h', 'lower', {
         note:
           segs === null
-            ? 'ss -ti found no established uplink socket at the start or end of the idle window'
+            ? 'ss -ti found no (or not the same) established uplink socket at the start and end of the idle window'
             : `ss -ti on the box side of the uplink (${k1!.sockets} socket(s); ${k1!.timers}): ${segs} segments in and out (TCP keepalive probes and their ACKs carry no payload, ` +
               `so uplink.wireBytes does not see them) and ${k1!.bytes - k0!.bytes} payload bytes in the window; at ~66 B of headers each that is ` +
-              `~${Math.round((segs * 66 * perHour) / 1024)} KiB/h more on a real link`,
+              `~${Math.round((segs * 66 * perHour) / 1024)} KiB/h more on a real link. The center closes a keep-alive connection idle for 65 s, which ends ` +
+              `this on a truly idle box; with traffic (a batch at least every batchMaxDelayMs, 5 s) it never idles that long`,
       });
     } finally {
       await box.stop();
@@ -516,6 +519,20 @@ function tcpCounters(centerPort: number): { segs: number; bytes: number; sockets
   };
 }
 
+/** Busy share of all cores over `ms`, from /proc/stat (whatever runs: call it while nothing of ours does). */
+async function machineBusy(ms: number): Promise<number> {
+  const read = (): { busy: number; total: number } => {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    const idle = (f[3] ?? 0) + (f[4] ?? 0);
+    const total = f.reduce((a, b) => a + b, 0);
+    return { busy: total - idle, total };
+  };
+  const a = read();
+  await sleep(ms);
+  const b = read();
+  return (b.busy - a.busy) / Math.max(1, b.total - a.total);
+}
+
 // --- output -------------------------------------------------------------------
 
 function print(totalS: number): void {
@@ -546,6 +563,13 @@ async function main(): Promise<number> {
   bound.unref();
   for (const bin of [RAPD, join(REPO, 'out/rap-center')]) if (!existsSync(bin)) throw new Error(`${bin} missing: make build`);
   const root = mkdtempSync('/tmp/rapd-bench-');
+  // Other load on the machine skews everything here; say how much there was.
+  const before = await machineBusy(2000);
+  const cores = availableParallelism();
+  row('background_cpu_pct', before * 100, '%', 'lower', {
+    note: `all-core busy share over 2 s before the bench started anything (${cores} cores; load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}); above ~10% the numbers below are disturbed by other processes`,
+  });
+  if (before > 0.1) log(`WARNING: the machine is ${(before * 100).toFixed(0)}% busy before the bench starts; numbers will be disturbed`);
   try {
     await part('startup', ['start_to_ready_ms', 'rss_idle_no_ports_mb', 'rapctl_status_ms'], () => startup(root));
     await part('ingest', ['rss_idle_mb', 'ingest_msgs_per_s', 'rss_load_mb'], () => ingest(root));
