@@ -1,6 +1,7 @@
 # rapbox. The two commands that matter:
 #   make image   build out/rapbox.img (installs its own build dependencies)
-#   make test    everything: typecheck, unit, integration, image, QEMU boot
+#   make test    everything: typecheck, unit, integration, image, QEMU boot,
+#                and verify-reproducible (two clean builds, same bytes)
 # and for your own loop:
 #   make check   typecheck + unit + integration (no image, fast)
 #   make qemu    boot out/rapbox.img on this terminal (serial console)
@@ -17,7 +18,7 @@ TAP := $(NODE) node_modules/.bin/tap --reporter=tap
 .PHONY: help deps npm build image qemu check test typecheck unit integration vm bench readme verify-reproducible clean
 
 help:
-	@sed -n '2,8p' Makefile
+	@sed -n '2,9p' Makefile
 
 npm:
 	@./build.sh npm
@@ -63,7 +64,7 @@ check:
 
 test:
 	@rm -f out/test/*.tap
-	$(MAKE) typecheck unit integration vm
+	$(MAKE) typecheck unit integration vm verify-reproducible
 	@$(NODE) test/summary.ts out/test/*.tap
 
 verify-reproducible:
