@@ -177,8 +177,13 @@ export class Uplink {
     if (this.running) return;
     this.running = true;
     this.unsubscribe = this.store.onAppend((m) => {
-      // Alarms skip the batching delay; a full batch goes at once too.
-      if (m.kind === 'alarm' || this.store.count().routine >= this.cfg['uplink.batchMaxMessages']) this.poke();
+      // Alarms skip the batching delay; a full batch goes at once too. An
+      // idle loop sleeps with no deadline, so the first message after idle
+      // must wake it to start the batching clock (regression: a routine
+      // message arriving just after the queue emptied waited an hour).
+      if (m.kind === 'alarm' || this.st.state === 'idle' || this.store.count().routine >= this.cfg['uplink.batchMaxMessages']) {
+        this.poke();
+      }
     });
     this.log.info('uplink started', { center: this.st.center, proxy: this.st.proxy });
     this.loopDone = this.loop();
