@@ -167,7 +167,14 @@ export class PortAgent {
   }
 
   private send(conn: Conn, frame: BoxFrame): void {
-    if (!conn.sock.destroyed && !conn.sock.writableEnded) conn.sock.write(encodeFrame(frame));
+    if (conn.sock.destroyed || conn.sock.writableEnded) return;
+    // Acks resolved by one group commit go out in one write (one syscall,
+    // one TCP segment) instead of one each: cork until the end of this tick.
+    if (conn.sock.writableCorked === 0) {
+      conn.sock.cork();
+      process.nextTick(() => conn.sock.uncork());
+    }
+    conn.sock.write(encodeFrame(frame));
   }
 
   private protocolError(conn: Conn, code: ProtocolErrorCode, message: string, ref: string | null, close = false): void {

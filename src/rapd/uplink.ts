@@ -103,7 +103,9 @@ export class Uplink {
       target: this.target,
     });
     const tlsOptions = this.tlsOptions();
-    const agentOptions: AgentOptions = { keepAlive: true, maxSockets: 1, ...tlsOptions };
+    // TCP keep-alive probes after a minute of silence, not every second
+    // (Node's default): idle wire traffic is a cost on metered site links.
+    const agentOptions: AgentOptions = { keepAlive: true, keepAliveMsecs: 60_000, maxSockets: 1, ...tlsOptions };
     this.agent = new Agent(agentOptions);
     // Every connection goes through the proxy door (or direct), then TLS.
     const connectTimeout = this.cfg['uplink.timeoutMs'];
