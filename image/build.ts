@@ -28,6 +28,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join, relative } from 'node:path';
+import { lockMismatches, parseInstalled, parseLock, renderLock, renderPreferences } from './lock.ts';
 import { DISK_LABEL_ID, diskSize, loadLayout, renderSfdisk, stableUuid, type Partition } from './layout.ts';
 import { OUT, REPO, humanSize, info, sh, sha256File, sourceDateEpoch, stage } from './tools.ts';
 
@@ -76,11 +77,23 @@ async function baseEpoch(inputs: string[]): Promise<number> {
   return sourceDateEpoch();
 }
 
-async function buildBase(): Promise<string> {
+/**
+ * The Debian base as a tarball, cached by its inputs. With a lock
+ * (image/packages.lock) every package version is pinned and checked after
+ * the install; `refreshLock` (make lock) builds unpinned and rewrites the lock.
+ */
+async function buildBase(refreshLock = false): Promise<string> {
   const pkgFile = join(REPO, 'image/packages.txt');
   const hookFile = join(REPO, 'image/initramfs-modules-hook');
+  const lockFile = join(REPO, 'image/packages.lock');
   const packages = readPackageList(readFileSync(pkgFile, 'utf8'));
-  const epoch = await baseEpoch(['image/packages.txt', 'image/initramfs-modules-hook']);
+  const lockText = !refreshLock && existsSync(lockFile) ? readFileSync(lockFile, 'utf8') : null;
+  const lock = lockText === null ? null : parseLock(lockText);
+  const epoch = await baseEpoch(['image/packages.txt', 'image/initramfs-modules-hook', 'image/packages.lock']);
+  mkdirSync(BUILD, { recursive: true });
+  const prefs = join(BUILD, 'rapbox-lock.pref');
+  const installedList = join(BUILD, 'installed-packages.txt');
+  if (lock) writeFileSync(prefs, renderPreferences(lock));
   const argv = [
     'mmdebstrap',
     '--mode=root',
@@ -88,23 +101,46 @@ async function buildBase(): Promise<string> {
     '--format=tar',
     `--include=${packages.join(',')}`,
     ...DPKG_EXCLUDES.map((e) => `--dpkgopt=${e}`),
+    // Pins apply from the first apt call on, the essential set included.
+    ...(lock
+      ? ['--setup-hook=mkdir -p "$1/etc/apt/preferences.d"', `--setup-hook=copy-in ${prefs} /etc/apt/preferences.d/`]
+      : []),
     // The initrd is generated when the kernel is installed; our module hook
     // must be in place before that, hence an essential hook.
     '--essential-hook=mkdir -p "$1/etc/initramfs-tools/hooks"',
     `--essential-hook=copy-in ${hookFile} /etc/initramfs-tools/hooks/`,
+    // What was really installed, to check against (or write) the lock.
+    `--customize-hook=chroot "$1" dpkg-query -W -f='\${Package} \${Version}\\n' > ${installedList}`,
+    ...(lock ? ['--customize-hook=rm -f "$1/etc/apt/preferences.d/rapbox-lock.pref"'] : []),
     SUITE,
   ];
-  const key = hashOf(JSON.stringify(argv), readFileSync(hookFile), String(epoch)).slice(0, 16);
+  const key = hashOf(JSON.stringify(argv), readFileSync(hookFile), lockText ?? 'unlocked', String(epoch)).slice(0, 16);
   const tar = join(CACHE, `base-${SUITE}-${key}.tar`);
-  if (existsSync(tar)) {
+  if (existsSync(tar) && !refreshLock) {
     stage(`base: reusing ${relative(REPO, tar)}`);
     return tar;
   }
-  stage(`base: mmdebstrap ${SUITE} (${packages.length} packages; ~1 min)`);
+  stage(`base: mmdebstrap ${SUITE} (${packages.length} packages${lock ? `, ${lock.size} versions locked` : ', unlocked'}; ~1 min)`);
   mkdirSync(CACHE, { recursive: true });
   for (const old of readdirSync(CACHE)) if (old.startsWith('base-')) rmSync(join(CACHE, old), { force: true });
   const partial = `${tar}.partial`;
+  rmSync(installedList, { force: true });
   await sh([...argv, partial], { env: { SOURCE_DATE_EPOCH: String(epoch) }, timeoutMs: 30 * 60_000 });
+  const installed = parseInstalled(readFileSync(installedList, 'utf8'));
+  if (refreshLock) {
+    writeFileSync(lockFile, renderLock(installed, SUITE));
+    info(`wrote image/packages.lock: ${installed.size} packages`);
+  } else if (lock) {
+    const problems = lockMismatches(lock, installed);
+    if (problems.length > 0) {
+      rmSync(partial, { force: true });
+      throw new Error(
+        `the installed packages differ from image/packages.lock (${problems.length}):\n  ${problems.slice(0, 20).join('\n  ')}\n` +
+          'The mirror keeps only the current point release: run `make lock` to move to it (and review the diff), or build from a snapshot mirror.',
+      );
+    }
+    info(`all ${lock.size} package versions match image/packages.lock`);
+  }
   await sh(['mv', partial, tar]);
   info(`${humanSize(statSync(tar).size)} base tarball`);
   return tar;
@@ -380,8 +416,13 @@ function printSummary(m: Manifest): void {
   process.stderr.write(`  SOURCE_DATE_EPOCH=${m.sourceDateEpoch}; built in ${m.buildSeconds}s\n\n`);
 }
 
+/** make lock: an unpinned base build that rewrites image/packages.lock. */
+export async function refreshLock(): Promise<void> {
+  await buildBase(true);
+}
+
 if (import.meta.main) {
-  buildImage().catch((e: unknown) => {
+  (process.argv[2] === 'lock' ? refreshLock() : buildImage()).catch((e: unknown) => {
     process.stderr.write(`make image: ${e instanceof Error ? e.message : String(e)}\n`);
     process.exit(1);
   });
