@@ -6,9 +6,9 @@
 // works; on some machines /dev/kvm exists but QEMU asserts or hangs on it, so
 // a short probe decides, and TCG (software) is the fallback.
 
-import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, openSync, readFileSync, closeSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { run } from '../src/lib/run.ts';
 import { OUT, stage } from './tools.ts';
 
 export const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd';
@@ -99,10 +99,15 @@ export async function detectAccel(workDir: string): Promise<Accel> {
   const log = join(workDir, 'kvm-probe.log');
   closeSync(openSync(log, 'w'));
   const argv = qemuArgv({ disk: '/dev/null', accel: 'kvm', varsFile: freshVars(workDir), serial: log, memoryMiB: 256, cpus: 1 });
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore' });
+  const stop = new AbortController();
+  let exited = false;
+  const probe = run(argv, { stdio: 'ignore', signal: stop.signal, timeoutMs: 30_000 }).then(
+    () => void (exited = true),
+    () => void (exited = true),
+  );
   let ok = false;
   const deadline = Date.now() + 20_000;
-  while (Date.now() < deadline && child.exitCode === null && child.signalCode === null) {
+  while (Date.now() < deadline && !exited) {
     await new Promise((r) => setTimeout(r, 250));
     // OVMF prints its boot manager messages on the serial port within seconds.
     if (readFileSync(log).length > 0) {
@@ -110,7 +115,8 @@ export async function detectAccel(workDir: string): Promise<Accel> {
       break;
     }
   }
-  child.kill('SIGKILL');
+  stop.abort();
+  await probe;
   const accel: Accel = ok ? 'kvm' : 'tcg';
   mkdirSync(join(OUT, 'build'), { recursive: true });
   writeFileSync(cache, JSON.stringify({ bootId: bootId(), accel }));
@@ -118,34 +124,31 @@ export async function detectAccel(workDir: string): Promise<Accel> {
 }
 
 export interface RunningVm {
-  child: ChildProcess;
   argv: string[];
-  /** Resolves with QEMU's exit code (or null when killed). */
+  /** Resolves with QEMU's exit code, or null when it was killed or failed to start. */
   exited: Promise<number | null>;
+  /** Stderr tail when QEMU failed (for test messages). */
+  failure(): string | null;
   kill(): void;
 }
 
+/** Start QEMU through the one subprocess door; kill() aborts it (SIGKILL). */
 export function startVm(o: VmOptions): RunningVm {
   const argv = qemuArgv(o);
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: o.serial === 'stdio' ? 'inherit' : ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr?.on('data', (b: Buffer) => {
-    stderr = (stderr + b.toString()).slice(-4000);
-  });
-  const exited = new Promise<number | null>((resolve) => {
-    child.on('exit', (code) => resolve(code));
-    child.on('error', (e) => {
-      stderr += String(e);
-      resolve(-1);
-    });
-  });
+  const stop = new AbortController();
+  let failure: string | null = null;
+  const exited = run(argv, { stdio: o.serial === 'stdio' ? 'inherit' : 'ignore', signal: stop.signal }).then(
+    (r) => r.code,
+    (e: unknown) => {
+      failure = e instanceof Error ? e.message : String(e);
+      return null;
+    },
+  );
   return {
-    child,
     argv,
     exited,
-    kill: () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    },
+    failure: () => failure,
+    kill: () => stop.abort(),
   };
 }
 

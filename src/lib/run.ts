@@ -22,6 +22,14 @@ export interface RunOptions {
   okCodes?: number[];
   /** Called with the quoted command before it starts (for logs). */
   onStart?: (quoted: string) => void;
+  /** Aborting kills the child (SIGKILL); for long-lived children such as QEMU. */
+  signal?: AbortSignal;
+  /**
+   * capture (default): collect stdout and stderr; inherit: the terminal's
+   * stdin, stdout and stderr (a person at a console); ignore: discard stdout,
+   * keep a tail of stderr for the error message.
+   */
+  stdio?: 'capture' | 'inherit' | 'ignore';
 }
 
 export interface RunResult {
@@ -48,15 +56,23 @@ export function run(argv: readonly string[], opts: RunOptions = {}): Promise<Run
   opts.onStart?.(quoted);
   const env = { ...(opts.cleanEnv ? {} : process.env), ...opts.env, LC_ALL: 'C' };
   return new Promise((resolve, reject) => {
+    const mode = opts.stdio ?? (opts.inherit ? 'inherit' : 'capture');
+    const out = mode === 'capture' ? 'pipe' : mode;
     const child = spawn(cmd, args, {
       cwd: opts.cwd,
       env,
-      stdio: [opts.input === undefined ? 'ignore' : 'pipe', opts.inherit ? 'inherit' : 'pipe', opts.inherit ? 'inherit' : 'pipe'],
+      stdio: [opts.input === undefined ? (mode === 'inherit' ? 'inherit' : 'ignore') : 'pipe', out, mode === 'ignore' ? 'pipe' : out],
+      signal: opts.signal,
+      killSignal: 'SIGKILL',
     });
-    const out: Buffer[] = [];
+    const outChunks: Buffer[] = [];
     const err: Buffer[] = [];
-    child.stdout?.on('data', (b: Buffer) => out.push(b));
-    child.stderr?.on('data', (b: Buffer) => err.push(b));
+    child.stdout?.on('data', (b: Buffer) => outChunks.push(b));
+    // Keep only a tail of stderr: a long-lived child may write a lot.
+    child.stderr?.on('data', (b: Buffer) => {
+      err.push(b);
+      if (err.length > 64) err.splice(0, err.length - 64);
+    });
     let timedOut = false;
     const timer =
       opts.timeoutMs && opts.timeoutMs > 0
@@ -72,6 +88,8 @@ export function run(argv: readonly string[], opts: RunOptions = {}): Promise<Run
     }
     child.on('error', (e: NodeJS.ErrnoException) => {
       if (timer) clearTimeout(timer);
+      // An abort is reported by 'close' as a kill, like a timeout.
+      if (e.name === 'AbortError') return;
       if (e.code === 'ENOENT') {
         reject(new RapError('RAP_RUN_MISSING', `${cmd}: command not found`, { argv: [...argv] }, { cause: e }));
       } else {
@@ -84,7 +102,7 @@ export function run(argv: readonly string[], opts: RunOptions = {}): Promise<Run
         argv: [...argv],
         code,
         signal,
-        stdout: Buffer.concat(out).toString('utf8'),
+        stdout: Buffer.concat(outChunks).toString('utf8'),
         stderr: Buffer.concat(err).toString('utf8'),
       };
       const ok = code !== null && (opts.okCodes ?? [0]).includes(code);

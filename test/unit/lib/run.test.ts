@@ -36,3 +36,10 @@ t.test('timeouts kill the child and say so', async (t) => {
 t.test('a signal is reported', async (t) => {
   await t.rejects(run(['sh', '-c', 'kill -TERM $$']), { message: /killed by SIGTERM/ });
 });
+
+t.test('an abort signal kills a long-lived child and reports the kill', async (t) => {
+  const stop = new AbortController();
+  const p = run(['sleep', '30'], { signal: stop.signal, stdio: 'ignore' });
+  setTimeout(() => stop.abort(), 50);
+  await t.rejects(p, { code: 'RAP_RUN', message: /killed by SIGKILL/ });
+});
