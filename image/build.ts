@@ -360,6 +360,7 @@ export async function buildImage(): Promise<void> {
   }
   mkdirSync(BUILD, { recursive: true });
   const tree = await buildTree(baseTar, rapd);
+  const rootSizes = await largestInTree(tree);
   const root = await buildRoot(tree, epoch);
   const esp = await buildEsp(tree, byLabel('rapbox-esp'), { a: byLabel('rapbox-root-a'), b: byLabel('rapbox-root-b') }, epoch);
   const data = await buildData(byLabel('rapbox-data'), epoch);
@@ -383,6 +384,7 @@ export async function buildImage(): Promise<void> {
     diskLabelId: DISK_LABEL_ID,
     partitions: layout.map((p) => ({ label: p.label, uuid: p.uuid.toLowerCase(), offset: p.offset, sizeMiB: p.sizeMiB })),
     files: {},
+    rootSizes,
     buildSeconds: Math.round((Date.now() - started) / 1000),
   };
   for (const f of [disk, zst, root, rapd]) {
@@ -405,13 +407,40 @@ interface Manifest {
   diskLabelId: string;
   partitions: { label: string; uuid: string; offset: number; sizeMiB: number }[];
   files: Record<string, { bytes: number; sha256: string }>;
+  /** The root filesystem's largest directories and files (uncompressed), for slimming. */
+  rootSizes?: { path: string; bytes: number }[];
   buildSeconds: number;
+}
+
+/**
+ * What takes the room in the root filesystem: the two levels below /usr and
+ * the top level (apparent sizes, before squashfs compression), largest first.
+ */
+export async function largestInTree(tree: string, count = 12): Promise<{ path: string; bytes: number }[]> {
+  const r = await sh(['du', '--apparent-size', '--block-size=1', '--max-depth=3', '--one-file-system', tree]);
+  return parseDu(r.stdout, tree)
+    .filter((e) => e.path !== '/' && e.path !== '/usr' && e.path !== '/usr/lib' && e.path !== '/usr/share')
+    .sort((a, b) => b.bytes - a.bytes)
+    .slice(0, count);
+}
+
+/** `du -b` lines ("bytes<TAB>path") with the tree prefix removed. */
+export function parseDu(text: string, tree: string): { path: string; bytes: number }[] {
+  return text
+    .split('\n')
+    .map((l) => /^(\d+)\t(.*)$/.exec(l))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => ({ bytes: Number(m[1]), path: m[2]!.slice(tree.length) || '/' }));
 }
 
 function printSummary(m: Manifest): void {
   process.stderr.write('\n  file                 size        sha256\n');
   for (const [name, f] of Object.entries(m.files)) {
     process.stderr.write(`  ${name.padEnd(20)} ${humanSize(f.bytes).padStart(10)}  ${f.sha256}\n`);
+  }
+  if (m.rootSizes?.length) {
+    process.stderr.write('\n  largest in the root filesystem (uncompressed):\n');
+    for (const e of m.rootSizes) process.stderr.write(`  ${humanSize(e.bytes).padStart(10)}  ${e.path}\n`);
   }
   process.stderr.write(`  SOURCE_DATE_EPOCH=${m.sourceDateEpoch}; built in ${m.buildSeconds}s\n\n`);
 }

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { kernelCmdline, loaderEntry, readPackageList } from '../../../image/build.ts';
+import { kernelCmdline, loaderEntry, parseDu, readPackageList } from '../../../image/build.ts';
 import { placePartitions } from '../../../image/layout.ts';
 
 t.test('package list: comments and blanks dropped, names checked', async (t) => {
@@ -22,4 +22,11 @@ t.test('boot entry per slot names its root by PARTUUID, read-only, and its slot'
     loaderEntry('a', '6.12.1', cmdline),
     `title rapbox (slot A)\nversion 6.12.1\nlinux /rapbox/a/vmlinuz\ninitrd /rapbox/a/initrd.img\noptions ${cmdline}\n`,
   );
+});
+
+t.test('du output becomes paths inside the tree', async (t) => {
+  t.same(parseDu('123\t/out/rootfs/usr/lib/modules\n9\t/out/rootfs\nnoise\n', '/out/rootfs'), [
+    { bytes: 123, path: '/usr/lib/modules' },
+    { bytes: 9, path: '/' },
+  ]);
 });
