@@ -28,6 +28,8 @@ export interface VmOptions {
   credentials?: Record<string, string>;
   /** Writes go to a temporary overlay; the image file is never changed. */
   snapshot?: boolean;
+  /** raw (default) or qcow2 (an overlay made by overlayDisk). */
+  diskFormat?: 'raw' | 'qcow2';
   /**
    * Guest connections to a virtual address forwarded to a host loopback
    * port, e.g. a rap-center run by a test:
@@ -48,7 +50,7 @@ export function qemuArgv(o: VmOptions): string[] {
   argv.push(
     '-drive', `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`,
     '-drive', `if=pflash,format=raw,file=${o.varsFile}`,
-    '-drive', `file=${o.disk},format=raw,if=virtio${o.snapshot === false ? '' : ',snapshot=on'}`,
+    '-drive', `file=${o.disk},format=${o.diskFormat ?? 'raw'},if=virtio${o.snapshot === false ? '' : ',snapshot=on'}`,
     // restrict=on: the guest reaches no host or outside address, only the
     // forwards listed explicitly.
     '-nic', ['user', 'model=virtio-net-pci', 'restrict=on', ...(o.forwards ?? []).map((f) => `guestfwd=tcp:${f.guest}-cmd:socat STDIO TCP:${f.host}`)].join(','),
@@ -62,6 +64,15 @@ export function qemuArgv(o: VmOptions): string[] {
     argv.push('-smbios', `type=11,value=io.systemd.credential.binary:${name}=${Buffer.from(content).toString('base64')}`);
   }
   return argv;
+}
+
+/**
+ * A throwaway qcow2 overlay on the (unchanged) raw image, with a larger
+ * virtual size: the VM sees a bigger SSD than the image, as a real box does.
+ */
+export async function overlayDisk(image: string, path: string, sizeBytes: number): Promise<string> {
+  await run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', image, path, String(sizeBytes)]);
+  return path;
 }
 
 /** A writable copy of the UEFI variable store for one VM. */

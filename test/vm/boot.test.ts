@@ -11,7 +11,7 @@
 import t from 'tap';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { detectAccel, freshVars, startVm } from '../../image/qemu.ts';
+import { detectAccel, freshVars, overlayDisk, startVm } from '../../image/qemu.ts';
 import { makePki } from '../integration/helpers.ts';
 import { startCenter } from '../../src/center/server.ts';
 import { openCenterDb } from '../../src/center/db.ts';
@@ -75,9 +75,13 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
     uplink: { batchMaxDelayMs: 200, backoffMaxMs: 5000 },
   };
 
+  // The box's SSD is bigger than the image: 3 GiB, so first boot grows /var.
+  const disk = await overlayDisk(IMAGE, join(WORK, 'ssd.qcow2'), 3 * 1024 ** 3);
   const started = Date.now();
   const vm = startVm({
-    disk: IMAGE,
+    disk,
+    diskFormat: 'qcow2',
+    snapshot: false,
     accel,
     varsFile: freshVars(WORK),
     serial,
@@ -131,6 +135,9 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
   const mounts = r.get('mounts') ?? '';
   t.match(mounts, /^\/ \S+ squashfs ro[,\s]/m, 'root is the read-only squashfs slot');
   t.match(mounts, /^\/var \/dev\/vda4 ext4 rw/m, 'data partition on /var');
+  const varBytes = Number((r.get('var-size') ?? '').trim());
+  // 3 GiB disk - 1 MiB - 160 (ESP) - 2 x 640 (root slots) = ~1.6 GiB for data, was 256 MiB.
+  t.ok(varBytes > 1.4 * 1024 ** 3, `first boot grew the data partition and its filesystem into the rest of the 3 GiB disk (/var: ${varBytes} bytes; image: 256 MiB)`);
 
   // Telemetry inside the image: instrument -> rapd -> mTLS -> the host's rap-center.
   t.equal(r.get('telemetry-restart'), 'active', 'rapd restarted with the provisioned site config');
