@@ -8,14 +8,10 @@
 // declaration of the format, so an unknown field is a bug or a newer rapd, and
 // dropping it silently would lose data the center was meant to keep.
 
-import type { InstrumentIdentity, MessageKind, TelemetryBatch, TelemetryMessage } from '../protocol/telemetry.ts';
+import { DEVICE_ID, DEVICE_ID_DOC, PORT_NAME, PORT_NAME_DOC, type InstrumentIdentity, type MessageKind, type TelemetryBatch, type TelemetryMessage } from '../protocol/telemetry.ts';
 
 /** Same rule as rapd's `device.id` (src/rapd/config.ts); also the device certificate's CN. */
-export const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-export const DEVICE_ID_DOC = '1-64 letters, digits, ".", "_" or "-", starting with a letter or digit';
 /** Same rule as rapd's `ports[].name`. */
-export const PORT_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
-export const PORT_NAME_DOC = '1-32 of a-z, 0-9, "-"';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const KINDS: readonly MessageKind[] = ['status', 'heartbeat', 'alarm', 'event'];
 /** rapd's `uplink.batchMaxMessages` cannot go above this. */

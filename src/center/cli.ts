@@ -8,7 +8,7 @@ import { RapError, errorMessage, isRapError } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
 import { run, type Runner } from '../lib/run.ts';
 import { RAPD_VERSION } from '../rapd/version.ts';
-import { PORT_NAME, PORT_NAME_DOC } from './batch.ts';
+import { PORT_NAME, PORT_NAME_DOC } from '../protocol/telemetry.ts';
 import { openCenterDb, type DeviceRow, type StoredMessage } from './db.ts';
 import { checkDeviceId, pkiInit, pkiIssueDevice, pkiIssueServer, pkiPaths, type Issued } from './pki.ts';
 import { startCenter } from './server.ts';

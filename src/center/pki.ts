@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { writeFileDurable } from '../lib/durable.ts';
 import { RapError } from '../lib/errors.ts';
 import type { Runner } from '../lib/run.ts';
-import { DEVICE_ID, DEVICE_ID_DOC } from './batch.ts';
+import { DEVICE_ID, DEVICE_ID_DOC } from '../protocol/telemetry.ts';
 
 export const CA_DAYS = 3650;
 /** CA/Browser Forum ceiling for leaf certificates; boxes renew well before. */

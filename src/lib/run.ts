@@ -16,8 +16,6 @@ export interface RunOptions {
   input?: string | Buffer;
   /** Kill the child (SIGKILL) after this many ms; 0 means no limit. */
   timeoutMs?: number;
-  /** Let stdout/stderr through to ours instead of capturing (long builds). */
-  inherit?: boolean;
   /** Exit codes that are not failures (default [0]). */
   okCodes?: number[];
   /** Called with the quoted command before it starts (for logs). */
@@ -56,7 +54,7 @@ export function run(argv: readonly string[], opts: RunOptions = {}): Promise<Run
   opts.onStart?.(quoted);
   const env = { ...(opts.cleanEnv ? {} : process.env), ...opts.env, LC_ALL: 'C' };
   return new Promise((resolve, reject) => {
-    const mode = opts.stdio ?? (opts.inherit ? 'inherit' : 'capture');
+    const mode = opts.stdio ?? 'capture';
     const out = mode === 'capture' ? 'pipe' : mode;
     const child = spawn(cmd, args, {
       cwd: opts.cwd,

@@ -17,6 +17,13 @@
 
 export const TELEMETRY_PATH = '/v1/telemetry';
 
+// Names both ends check: rapd's config (device.id, ports[].name), the
+// center's batch validation, its CLI and its PKI (the certificate CN).
+export const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+export const DEVICE_ID_DOC = '1-64 letters, digits, ".", "_" or "-", starting with a letter or digit';
+export const PORT_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
+export const PORT_NAME_DOC = '1-32 of a-z, 0-9, "-"';
+
 /** What a message is. Priority follows from it (see priorityOf). */
 export type MessageKind = 'status' | 'heartbeat' | 'alarm' | 'event';
 

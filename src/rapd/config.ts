@@ -9,6 +9,7 @@
 
 import { readFileSync } from 'node:fs';
 import { RapError } from '../lib/errors.ts';
+import { DEVICE_ID, DEVICE_ID_DOC, PORT_NAME, PORT_NAME_DOC } from '../protocol/telemetry.ts';
 
 type ScalarType =
   | { kind: 'string'; pattern?: RegExp; patternDoc?: string }
@@ -66,7 +67,7 @@ export const SETTINGS = [
   },
   {
     key: 'device.id',
-    type: { kind: 'string', pattern: /^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, patternDoc: 'empty or 1-64 letters, digits, ".", "_" or "-"' },
+    type: { kind: 'string', pattern: new RegExp(`^$|${DEVICE_ID.source}`), patternDoc: `empty or ${DEVICE_ID_DOC}` },
     default: '',
     doc: 'Device id the center knows this box by (the CN of its certificate). Required when `center.url` is set.',
   },
@@ -78,7 +79,7 @@ export const SETTINGS = [
       unique: 'name',
       maxItems: 16,
       fields: {
-        name: { type: { kind: 'string', pattern: /^[a-z0-9][a-z0-9-]{0,31}$/, patternDoc: '1-32 of a-z, 0-9, "-"' }, doc: 'port name (stable; used in message ids and the firewall)' },
+        name: { type: { kind: 'string', pattern: PORT_NAME, patternDoc: PORT_NAME_DOC }, doc: 'port name (stable; used in message ids and the firewall)' },
         address: { type: { kind: 'string', pattern: /^[0-9a-fA-F.:]{2,45}$/, patternDoc: 'an IP address' }, doc: "the port's gateway address rapd listens on" },
         port: { type: { kind: 'integer', min: 1, max: 65535 }, default: 7400, doc: 'TCP port of the instrument protocol' },
         pollIntervalSec: { type: { kind: 'integer', min: 0, max: 86400 }, default: 60, doc: 'poll instruments that do not push this often (0: never)' },
