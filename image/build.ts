@@ -6,8 +6,8 @@
 // Stages (each prints a progress line):
 //   base    mmdebstrap trixie -> out/cache/base-<key>.tar (reused while its inputs are unchanged)
 //   tree    base + rootfs-overlay/ + out/rapd + presets -> out/build/rootfs/
-//   root    mksquashfs -> out/build/root.sqfs
-//   esp     vfat + systemd-boot + a kernel/initrd and entry per slot -> out/build/esp.img
+//   root    mksquashfs + veritysetup -> out/build/root.img (squashfs, then its hash tree)
+//   esp     vfat + systemd-boot + a unified kernel image per slot -> out/build/esp.img
 //   data    empty ext4 -> out/build/data.img
 //   disk    sfdisk + dd -> out/rapbox.img, out/SHA256SUMS, out/image.json
 // A second run with unchanged inputs does nothing (input stamp in out/image.json).
@@ -30,6 +30,7 @@ import {
 import { join, relative } from 'node:path';
 import { lockMismatches, parseInstalled, parseLock, renderLock, renderPreferences } from './lock.ts';
 import { DISK_LABEL_ID, diskSize, loadLayout, renderSfdisk, stableUuid, type Partition } from './layout.ts';
+import { buildUki } from './uki.ts';
 import { OUT, REPO, humanSize, info, sh, sha256File, sourceDateEpoch, stage } from './tools.ts';
 
 const SUITE = 'trixie';
@@ -84,12 +85,14 @@ async function baseEpoch(inputs: string[]): Promise<number> {
  */
 async function buildBase(refreshLock = false): Promise<string> {
   const pkgFile = join(REPO, 'image/packages.txt');
-  const hookFile = join(REPO, 'image/initramfs-modules-hook');
+  // Laid out as under /etc/initramfs-tools.
+  const hookFile = join(REPO, 'image/initramfs/hooks/rapbox');
+  const verityScript = join(REPO, 'image/initramfs/scripts/local-top/rapbox-verity');
   const lockFile = join(REPO, 'image/packages.lock');
   const packages = readPackageList(readFileSync(pkgFile, 'utf8'));
   const lockText = !refreshLock && existsSync(lockFile) ? readFileSync(lockFile, 'utf8') : null;
   const lock = lockText === null ? null : parseLock(lockText);
-  const epoch = await baseEpoch(['image/packages.txt', 'image/initramfs-modules-hook', 'image/packages.lock']);
+  const epoch = await baseEpoch(['image/packages.txt', 'image/initramfs', 'image/packages.lock']);
   mkdirSync(BUILD, { recursive: true });
   const prefs = join(BUILD, 'rapbox-lock.pref');
   const installedList = join(BUILD, 'installed-packages.txt');
@@ -105,16 +108,17 @@ async function buildBase(refreshLock = false): Promise<string> {
     ...(lock
       ? ['--setup-hook=mkdir -p "$1/etc/apt/preferences.d"', `--setup-hook=copy-in ${prefs} /etc/apt/preferences.d/`]
       : []),
-    // The initrd is generated when the kernel is installed; our module hook
-    // must be in place before that, hence an essential hook.
-    '--essential-hook=mkdir -p "$1/etc/initramfs-tools/hooks"',
+    // The initrd is generated when the kernel is installed; our hook and
+    // verity script must be in place before that, hence essential hooks.
+    '--essential-hook=mkdir -p "$1/etc/initramfs-tools/hooks" "$1/etc/initramfs-tools/scripts/local-top"',
     `--essential-hook=copy-in ${hookFile} /etc/initramfs-tools/hooks/`,
+    `--essential-hook=copy-in ${verityScript} /etc/initramfs-tools/scripts/local-top/`,
     // What was really installed, to check against (or write) the lock.
     `--customize-hook=chroot "$1" dpkg-query -W -f='\${Package} \${Version}\\n' > ${installedList}`,
     ...(lock ? ['--customize-hook=rm -f "$1/etc/apt/preferences.d/rapbox-lock.pref"'] : []),
     SUITE,
   ];
-  const key = hashOf(JSON.stringify(argv), readFileSync(hookFile), lockText ?? 'unlocked', String(epoch)).slice(0, 16);
+  const key = hashOf(JSON.stringify(argv), readFileSync(hookFile), readFileSync(verityScript), lockText ?? 'unlocked', String(epoch)).slice(0, 16);
   const tar = join(CACHE, `base-${SUITE}-${key}.tar`);
   if (existsSync(tar) && !refreshLock) {
     stage(`base: reusing ${relative(REPO, tar)}`);
@@ -204,17 +208,48 @@ async function buildTree(baseTar: string, rapd: string): Promise<string> {
   return tree;
 }
 
-async function buildRoot(tree: string, epoch: number): Promise<string> {
-  const img = join(BUILD, 'root.sqfs');
-  stage('root: mksquashfs (zstd)');
-  rmSync(img, { force: true });
+/** A root slot's payload: the squashfs followed by its dm-verity hash tree. */
+export interface RootSlotImage {
+  path: string;
+  /** sha256 root hash of the hash tree: what the UKI's command line binds. */
+  rootHash: string;
+  /** Where the hash tree starts (bytes): the squashfs, padded to the verity block. */
+  hashOffset: number;
+}
+
+const VERITY_BLOCK = 4096;
+
+async function buildRoot(tree: string, epoch: number): Promise<RootSlotImage> {
+  const img = join(BUILD, 'root.img');
+  const sqfs = join(BUILD, 'root.sqfs');
+  stage('root: mksquashfs (zstd) + dm-verity hash tree');
+  rmSync(sqfs, { force: true });
   // -reproducible + SOURCE_DATE_EPOCH (never together with -mkfs-time) gives
   // identical bytes; /boot lives on the ESP, not needed in the slot.
-  await sh(['mksquashfs', tree, img, '-comp', 'zstd', '-noappend', '-reproducible', '-no-progress', '-quiet', '-e', 'boot'], {
+  await sh(['mksquashfs', tree, sqfs, '-comp', 'zstd', '-noappend', '-reproducible', '-no-progress', '-quiet', '-e', 'boot'], {
     env: { SOURCE_DATE_EPOCH: String(epoch) },
   });
-  info(`${humanSize(statSync(img).size)} root.sqfs`);
-  return img;
+  info(`${humanSize(statSync(sqfs).size)} root.sqfs`);
+  // The hash tree goes right after the squashfs in the same partition, so a
+  // slot stays one partition (and one OTA payload). Salt and UUID are derived,
+  // not random: the same tree gives the same root hash.
+  const hashOffset = Math.ceil(statSync(sqfs).size / VERITY_BLOCK) * VERITY_BLOCK;
+  await sh(['truncate', '-s', String(hashOffset), sqfs]);
+  await sh(['mv', sqfs, img]);
+  const out = await sh([
+    'veritysetup', 'format', img, img,
+    `--hash-offset=${hashOffset}`,
+    `--data-blocks=${hashOffset / VERITY_BLOCK}`,
+    `--data-block-size=${VERITY_BLOCK}`,
+    `--hash-block-size=${VERITY_BLOCK}`,
+    '--hash=sha256',
+    `--salt=${createHash('sha256').update('rapbox verity salt').digest('hex')}`,
+    `--uuid=${stableUuid('root-verity').toLowerCase()}`,
+  ]);
+  const rootHash = /^Root hash:\s+([0-9a-f]{64})$/m.exec(out.stdout)?.[1];
+  if (!rootHash) throw new Error(`veritysetup format printed no root hash:\n${out.stdout}`);
+  info(`${humanSize(statSync(img).size)} root slot image (squashfs + hash tree), root hash ${rootHash.slice(0, 16)}...`);
+  return { path: img, rootHash, hashOffset };
 }
 
 function kernelFiles(tree: string): { vmlinuz: string; initrd: string; version: string } {
@@ -227,11 +262,16 @@ function kernelFiles(tree: string): { vmlinuz: string; initrd: string; version: 
   return { vmlinuz: join(boot, kernels[0]!), initrd, version };
 }
 
-export function kernelCmdline(root: Partition, slot: 'a' | 'b'): string {
+/** The command line bound into a slot's UKI: the verified root and the slot it is. */
+export function kernelCmdline(root: Partition, slot: 'a' | 'b', verity: { rootHash: string; hashOffset: number }): string {
   return [
-    `root=PARTUUID=${root.uuid.toLowerCase()}`,
+    // The initrd's rapbox-verity script makes /dev/mapper/root from these.
+    'root=/dev/mapper/root',
     'rootfstype=squashfs',
     'ro',
+    `rapbox.verity.data=PARTUUID=${root.uuid.toLowerCase()}`,
+    `rapbox.verity.roothash=${verity.rootHash}`,
+    `rapbox.verity.hashoffset=${verity.hashOffset}`,
     `rapbox.slot=${slot}`,
     'console=ttyS0,115200',
     // Partitions are named explicitly; gpt-auto would try to mount the ESP on
@@ -241,20 +281,14 @@ export function kernelCmdline(root: Partition, slot: 'a' | 'b'): string {
   ].join(' ');
 }
 
-export function loaderEntry(slot: 'a' | 'b', version: string, cmdline: string): string {
-  return [
-    `title rapbox (slot ${slot.toUpperCase()})`,
-    `version ${version}`,
-    `linux /rapbox/${slot}/vmlinuz`,
-    `initrd /rapbox/${slot}/initrd.img`,
-    `options ${cmdline}`,
-    '',
-  ].join('\n');
+/** The UKI's file name on the ESP: systemd-boot lists every EFI/Linux/*.efi (Type #2 entry). */
+export function ukiName(slot: 'a' | 'b'): string {
+  return `rapbox-${slot}.efi`;
 }
 
-async function buildEsp(tree: string, esp: Partition, roots: { a: Partition; b: Partition }, epoch: number): Promise<string> {
+async function buildEsp(tree: string, esp: Partition, roots: { a: Partition; b: Partition }, verity: RootSlotImage, epoch: number): Promise<string> {
   const img = join(BUILD, 'esp.img');
-  stage('esp: vfat, systemd-boot, kernel + initrd + entry per slot');
+  stage('esp: vfat, systemd-boot, a unified kernel image per slot');
   rmSync(img, { force: true });
   const env = { SOURCE_DATE_EPOCH: String(epoch) };
   const volId = stableUuid('esp-volume-id').replaceAll('-', '').slice(0, 8);
@@ -262,21 +296,35 @@ async function buildEsp(tree: string, esp: Partition, roots: { a: Partition; b: 
   const k = kernelFiles(tree);
   const staging = join(BUILD, 'esp');
   rmSync(staging, { recursive: true, force: true });
-  const put = (rel: string, from: string | { text: string }): void => {
+  const put = (rel: string, from: string | { text: string } | Buffer): void => {
     const dst = join(staging, rel);
     mkdirSync(join(dst, '..'), { recursive: true });
     if (typeof from === 'string') cpSync(from, dst);
-    else writeFileSync(dst, from.text);
+    else writeFileSync(dst, Buffer.isBuffer(from) ? from : from.text);
   };
-  const sdboot = join(tree, 'usr/lib/systemd/boot/efi/systemd-bootx64.efi');
+  const efiDir = join(tree, 'usr/lib/systemd/boot/efi');
+  const sdboot = join(efiDir, 'systemd-bootx64.efi');
   put('EFI/BOOT/BOOTX64.EFI', sdboot);
   put('EFI/systemd/systemd-bootx64.efi', sdboot);
   // editor no: nobody at the console may edit the kernel command line.
-  put('loader/loader.conf', { text: 'default rapbox-a.conf\ntimeout 0\neditor no\nconsole-mode keep\n' });
+  put('loader/loader.conf', { text: `default ${ukiName('a')}\ntimeout 0\neditor no\nconsole-mode keep\n` });
+  const stub = readFileSync(join(efiDir, 'linuxx64.efi.stub'));
+  const common = {
+    osrel: readFileSync(join(tree, 'usr/lib/os-release')),
+    linux: readFileSync(k.vmlinuz),
+    initrd: readFileSync(k.initrd),
+  };
   for (const slot of ['a', 'b'] as const) {
-    put(`rapbox/${slot}/vmlinuz`, k.vmlinuz);
-    put(`rapbox/${slot}/initrd.img`, k.initrd);
-    put(`loader/entries/rapbox-${slot}.conf`, { text: loaderEntry(slot, k.version, kernelCmdline(roots[slot], slot)) });
+    const cmdline = kernelCmdline(roots[slot], slot, verity);
+    const uki = buildUki(stub, [
+      { name: '.osrel', data: common.osrel },
+      { name: '.cmdline', data: Buffer.from(`${cmdline}\0`) },
+      { name: '.uname', data: Buffer.from(k.version) },
+      { name: '.initrd', data: common.initrd },
+      { name: '.linux', data: common.linux },
+    ]);
+    put(`EFI/Linux/${ukiName(slot)}`, uki);
+    info(`${ukiName(slot)}: ${humanSize(uki.length)} (kernel ${k.version}, initrd ${humanSize(common.initrd.length)})`);
   }
   // mcopy -s copies the staged tree; sorted names and SOURCE_DATE_EPOCH keep it stable.
   const top = readdirSync(staging).sort().map((n) => join(staging, n));
@@ -362,14 +410,14 @@ export async function buildImage(): Promise<void> {
   const tree = await buildTree(baseTar, rapd);
   const rootSizes = await largestInTree(tree);
   const root = await buildRoot(tree, epoch);
-  const esp = await buildEsp(tree, byLabel('rapbox-esp'), { a: byLabel('rapbox-root-a'), b: byLabel('rapbox-root-b') }, epoch);
+  const esp = await buildEsp(tree, byLabel('rapbox-esp'), { a: byLabel('rapbox-root-a'), b: byLabel('rapbox-root-b') }, root, epoch);
   const data = await buildData(byLabel('rapbox-data'), epoch);
   const disk = await buildDisk(
     layout,
     new Map([
       ['rapbox-esp', esp],
-      ['rapbox-root-a', root],
-      ['rapbox-root-b', root],
+      ['rapbox-root-a', root.path],
+      ['rapbox-root-b', root.path],
       ['rapbox-data', data],
     ]),
   );
@@ -384,12 +432,13 @@ export async function buildImage(): Promise<void> {
     inputStamp: stamp,
     sourceDateEpoch: epoch,
     diskLabelId: DISK_LABEL_ID,
+    rootHash: root.rootHash,
     partitions: layout.map((p) => ({ label: p.label, uuid: p.uuid.toLowerCase(), offset: p.offset, sizeMiB: p.sizeMiB })),
     files: {},
     rootSizes,
     buildSeconds: Math.round((Date.now() - started) / 1000),
   };
-  for (const f of [disk, zst, root, rapd]) {
+  for (const f of [disk, zst, root.path, rapd]) {
     manifest.files[relative(OUT, f)] = { bytes: statSync(f).size, sha256: await sha256File(f) };
   }
   writeFileSync(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
@@ -407,6 +456,8 @@ interface Manifest {
   inputStamp: string;
   sourceDateEpoch: number;
   diskLabelId: string;
+  /** dm-verity root hash of the root slot image (both slots at manufacturing). */
+  rootHash: string;
   partitions: { label: string; uuid: string; offset: number; sizeMiB: number }[];
   files: Record<string, { bytes: number; sha256: string }>;
   /** The root filesystem's largest directories and files (uncompressed), for slimming. */

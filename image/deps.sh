@@ -21,6 +21,7 @@ declare -A image_tools=(
   [zstd]=zstd
   [xz]=xz-utils
   [arch-test]=arch-test
+  [/usr/sbin/veritysetup]=cryptsetup-bin
 )
 declare -A vm_tools=(
   [qemu-system-x86_64]=qemu-system-x86

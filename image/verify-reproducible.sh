@@ -40,15 +40,15 @@ fi
 echo "verify-reproducible: MISMATCH" >&2
 diff "$a/SHA256SUMS" "$b/SHA256SUMS" >&2 || true
 # Name the first differing file: the root filesystem, then the ESP.
-if ! cmp -s "$a/build/root.sqfs" "$b/build/root.sqfs"; then
-  unsquashfs -q -d "$work/root1" "$a/build/root.sqfs" >/dev/null
-  unsquashfs -q -d "$work/root2" "$b/build/root.sqfs" >/dev/null
+if ! cmp -s "$a/build/root.img" "$b/build/root.img"; then
+  unsquashfs -q -d "$work/root1" "$a/build/root.img" >/dev/null
+  unsquashfs -q -d "$work/root2" "$b/build/root.img" >/dev/null
   # diff reports every device node as different; those are compared by the listing below.
   first=$(diff -rq --no-dereference "$work/root1" "$work/root2" | grep -v 'special file' | head -1 || true)
   if [[ -n $first ]]; then echo "first differing file in the root filesystem: $first" >&2
   else
     echo "root filesystem: same content; metadata differs:" >&2
-    diff <(unsquashfs -lln "$a/build/root.sqfs") <(unsquashfs -lln "$b/build/root.sqfs") | head -5 >&2 || true
+    diff <(unsquashfs -lln "$a/build/root.img") <(unsquashfs -lln "$b/build/root.img") | head -5 >&2 || true
   fi
 elif ! cmp -s "$a/build/esp.img" "$b/build/esp.img"; then
   echo "the ESP differs: $(cmp "$a/build/esp.img" "$b/build/esp.img" | head -1)" >&2

@@ -133,7 +133,13 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
   t.match(r.get('rapd-socket'), /^700 root directory \/run\/rapd\n600 root socket \/run\/rapd\/rapd\.sock$/, 'owner-only control socket');
 
   const mounts = r.get('mounts') ?? '';
-  t.match(mounts, /^\/ \S+ squashfs ro[,\s]/m, 'root is the read-only squashfs slot');
+  t.match(mounts, /^\/ \/dev\/mapper\/root squashfs ro[,\s]/m, 'root is the read-only squashfs slot, through dm-verity');
+  const verity = r.get('verity') ?? '';
+  t.match(verity, /is active and is in use/, `veritysetup status root: ${verity}`);
+  t.match(verity, /status:\s+verified/, 'dm-verity reports the root verified');
+  t.match(verity, /data device:\s+\/dev\/vda2/, 'slot A is what is verified');
+  const manifest = JSON.parse(readFileSync(join(REPO, 'out/image.json'), 'utf8')) as { rootHash: string };
+  t.match(verity, new RegExp(`root hash:\\s+${manifest.rootHash}`), 'with the root hash the build recorded');
   t.match(mounts, /^\/var \/dev\/vda4 ext4 rw/m, 'data partition on /var');
   const varBytes = Number((r.get('var-size') ?? '').trim());
   // 3 GiB disk - 1 MiB - 160 (ESP) - 2 x 640 (root slots) = ~1.6 GiB for data, was 256 MiB.

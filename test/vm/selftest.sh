@@ -23,6 +23,7 @@ pid=$(systemctl show rapd.service -p MainPID --value)
 out rapd-proc-status "$(cat /proc/"$pid"/status 2>&1)"
 out rapd-socket "$(stat -c '%a %U %F %n' /run/rapd /run/rapd/rapd.sock 2>&1)"
 out mounts "$(findmnt -rn -o TARGET,SOURCE,FSTYPE,OPTIONS 2>&1)"
+out verity "$(veritysetup status root 2>&1)"
 out var-size "$(df -B1 --output=size /var | tail -1)"
 out cmdline "$(cat /proc/cmdline)"
 out analyze "$(systemd-analyze 2>&1 | head -1)"

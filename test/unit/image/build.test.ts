@@ -1,7 +1,7 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { kernelCmdline, loaderEntry, parseDu, readPackageList } from '../../../image/build.ts';
+import { kernelCmdline, parseDu, readPackageList, ukiName } from '../../../image/build.ts';
 import { placePartitions } from '../../../image/layout.ts';
 
 t.test('package list: comments and blanks dropped, names checked', async (t) => {
@@ -11,17 +11,21 @@ t.test('package list: comments and blanks dropped, names checked', async (t) => 
   t.ok(shipped.includes('systemd-boot-efi') && shipped.includes('linux-image-amd64'));
 });
 
-t.test('boot entry per slot names its root by PARTUUID, read-only, and its slot', async (t) => {
+t.test('each slot boots its verified root: the cmdline names the slot partition, root hash and hash offset', async (t) => {
   const [a] = placePartitions([{ label: 'rapbox-root-a', type: 'root-x86-64', sizeMiB: 1, uuid: 'ABCD-EF' }]);
-  const cmdline = kernelCmdline(a!, 'a');
+  const hash = 'ab'.repeat(32);
   t.equal(
-    cmdline,
-    'root=PARTUUID=abcd-ef rootfstype=squashfs ro rapbox.slot=a console=ttyS0,115200 systemd.gpt_auto=0 panic=10',
+    kernelCmdline(a!, 'a', { rootHash: hash, hashOffset: 8192 }),
+    `root=/dev/mapper/root rootfstype=squashfs ro rapbox.verity.data=PARTUUID=abcd-ef rapbox.verity.roothash=${hash} ` +
+      'rapbox.verity.hashoffset=8192 rapbox.slot=a console=ttyS0,115200 systemd.gpt_auto=0 panic=10',
   );
-  t.equal(
-    loaderEntry('a', '6.12.1', cmdline),
-    `title rapbox (slot A)\nversion 6.12.1\nlinux /rapbox/a/vmlinuz\ninitrd /rapbox/a/initrd.img\noptions ${cmdline}\n`,
-  );
+  t.equal(ukiName('b'), 'rapbox-b.efi');
+});
+
+t.test('the initrd script reads exactly the parameters the cmdline sets', async (t) => {
+  const script = readFileSync(join(import.meta.dirname, '../../../image/initramfs/scripts/local-top/rapbox-verity'), 'utf8');
+  for (const p of ['rapbox.verity.data=PARTUUID=', 'rapbox.verity.roothash=', 'rapbox.verity.hashoffset=']) t.match(script, p);
+  t.match(script, /--panic-on-corruption/);
 });
 
 t.test('du output becomes paths inside the tree', async (t) => {
