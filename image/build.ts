@@ -60,6 +60,14 @@ export function readPackageList(text: string): string[] {
     });
 }
 
+/** Every file below `dir`, sorted. */
+function listFiles(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath, e.name))
+    .sort();
+}
+
 function hashOf(...parts: (string | Buffer)[]): string {
   const h = createHash('sha256');
   for (const p of parts) h.update(p).update('\0');
@@ -85,9 +93,9 @@ async function baseEpoch(inputs: string[]): Promise<number> {
  */
 async function buildBase(refreshLock = false): Promise<string> {
   const pkgFile = join(REPO, 'image/packages.txt');
-  // Laid out as under /etc/initramfs-tools.
-  const hookFile = join(REPO, 'image/initramfs/hooks/rapbox');
-  const verityScript = join(REPO, 'image/initramfs/scripts/local-top/rapbox-verity');
+  // Laid out as under /etc/initramfs-tools: hooks/ and scripts/<phase>/.
+  const initramfsDir = join(REPO, 'image/initramfs');
+  const initramfsFiles = listFiles(initramfsDir);
   const lockFile = join(REPO, 'image/packages.lock');
   const packages = readPackageList(readFileSync(pkgFile, 'utf8'));
   const lockText = !refreshLock && existsSync(lockFile) ? readFileSync(lockFile, 'utf8') : null;
@@ -109,16 +117,15 @@ async function buildBase(refreshLock = false): Promise<string> {
       ? ['--setup-hook=mkdir -p "$1/etc/apt/preferences.d"', `--setup-hook=copy-in ${prefs} /etc/apt/preferences.d/`]
       : []),
     // The initrd is generated when the kernel is installed; our hook and
-    // verity script must be in place before that, hence essential hooks.
-    '--essential-hook=mkdir -p "$1/etc/initramfs-tools/hooks" "$1/etc/initramfs-tools/scripts/local-top"',
-    `--essential-hook=copy-in ${hookFile} /etc/initramfs-tools/hooks/`,
-    `--essential-hook=copy-in ${verityScript} /etc/initramfs-tools/scripts/local-top/`,
+    // scripts must be in place before that, hence essential hooks.
+    '--essential-hook=mkdir -p "$1/etc/initramfs-tools"',
+    `--essential-hook=copy-in ${join(initramfsDir, 'hooks')} ${join(initramfsDir, 'scripts')} /etc/initramfs-tools/`,
     // What was really installed, to check against (or write) the lock.
     `--customize-hook=chroot "$1" dpkg-query -W -f='\${Package} \${Version}\\n' > ${installedList}`,
     ...(lock ? ['--customize-hook=rm -f "$1/etc/apt/preferences.d/rapbox-lock.pref"'] : []),
     SUITE,
   ];
-  const key = hashOf(JSON.stringify(argv), readFileSync(hookFile), readFileSync(verityScript), lockText ?? 'unlocked', String(epoch)).slice(0, 16);
+  const key = hashOf(JSON.stringify(argv), ...initramfsFiles.flatMap((f) => [relative(initramfsDir, f), readFileSync(f)]), lockText ?? 'unlocked', String(epoch)).slice(0, 16);
   const tar = join(CACHE, `base-${SUITE}-${key}.tar`);
   if (existsSync(tar) && !refreshLock) {
     stage(`base: reusing ${relative(REPO, tar)}`);
@@ -190,8 +197,9 @@ async function buildTree(baseTar: string, rapd: string): Promise<string> {
   rmSync(join(tree, 'usr/bin/rapctl'), { force: true });
   symlinkSync('rapd', join(tree, 'usr/bin/rapctl'));
 
-  // Empty machine-id on a read-only root: systemd uses a transient one and
-  // does not run first-boot logic (machine-id(5)).
+  // Empty in the image (every box has the same root): the initrd binds the
+  // box's own id from the data partition over it (local-bottom/rapbox-machine-id);
+  // if that fails, systemd uses a transient one (machine-id(5)).
   writeFileSync(join(tree, 'etc/machine-id'), '');
   // Mount point for the ESP if anything asks; gpt-auto is off on the cmdline.
   mkdirSync(join(tree, 'efi'), { recursive: true });

@@ -1,7 +1,9 @@
-// Boots the real image (out/rapbox.img, snapshot=on so it stays pristine)
-// under QEMU and asserts from the host what a person would check: systemd
-// reached multi-user with nothing failed, rapd is active and systemd saw its
-// READY, and `rapctl status --json` answers inside the guest.
+// Boots the real image (through a copy-on-write overlay, so it stays
+// pristine) under QEMU and asserts from the host what a person would check:
+// systemd reached multi-user with nothing failed, rapd is active and systemd
+// saw its READY, `rapctl status --json` answers inside the guest, telemetry
+// reaches a rap-center on the host; then boots the same SSD again and finds
+// the data partition, machine id and journal of the first boot.
 //
 // The checks run inside the guest from test/vm/selftest.sh, which the image
 // does not ship: QEMU passes it as systemd credentials over SMBIOS
@@ -25,6 +27,8 @@ const BOOT_BOUND_MS = 8 * 60_000;
 /** Where the guest reaches the test's rap-center (QEMU guestfwd to a host loopback port). */
 const CENTER_IN_GUEST = '10.0.2.100:443';
 const VM_DEVICE = 'box-vm';
+/** Left on the data partition by the first boot, looked for by the second. */
+const MARKER = `written by the first boot ${process.pid}`;
 
 /** Parse RAPBOX-RESULT lines from the serial log (escapes and kernel noise around them). */
 export function parseResults(serial: string): Map<string, string> {
@@ -75,6 +79,12 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
     uplink: { batchMaxDelayMs: 200, backoffMaxMs: 5000 },
   };
 
+  const selftestCredentials = {
+    'systemd.extra-unit.rapbox-selftest.service': readFileSync(join(import.meta.dirname, 'selftest.service'), 'utf8'),
+    'systemd.unit-dropin.multi-user.target~rapbox-selftest': '[Unit]\nWants=rapbox-selftest.service\n',
+    'rapbox.selftest.sh': readFileSync(join(import.meta.dirname, 'selftest.sh'), 'utf8'),
+  };
+
   // The box's SSD is bigger than the image: 3 GiB, so first boot grows /var.
   const disk = await overlayDisk(IMAGE, join(WORK, 'ssd.qcow2'), 3 * 1024 ** 3);
   const started = Date.now();
@@ -88,9 +98,8 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
     resultsFile: results,
     forwards: [{ guest: CENTER_IN_GUEST, host: `127.0.0.1:${center.port}` }],
     credentials: {
-      'systemd.extra-unit.rapbox-selftest.service': readFileSync(join(import.meta.dirname, 'selftest.service'), 'utf8'),
-      'systemd.unit-dropin.multi-user.target~rapbox-selftest': '[Unit]\nWants=rapbox-selftest.service\n',
-      'rapbox.selftest.sh': readFileSync(join(import.meta.dirname, 'selftest.sh'), 'utf8'),
+      ...selftestCredentials,
+      'rapbox.marker': MARKER,
       'rapbox.telemetry.config': JSON.stringify(siteConfig),
       'rapbox.telemetry.ca': readFileSync(join(pki, 'ca.pem'), 'utf8'),
       'rapbox.telemetry.cert': readFileSync(join(pki, 'devices', `${VM_DEVICE}.pem`), 'utf8'),
@@ -173,4 +182,40 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
   };
   writeFileSync(join(WORK, 'metrics.json'), `${JSON.stringify(metrics, null, 2)}\n`);
   t.comment(JSON.stringify(metrics));
+
+  // First boot's identity and marker, for the second boot to find.
+  const machineId = r.get('machine-id') ?? '';
+  t.match(machineId, /^[0-9a-f]{32}$/, 'the box has a machine id');
+  t.match(r.get('machine-id-mount') ?? '', /^\/etc\/machine-id /, 'bound over the read-only root by the initrd');
+  t.equal(r.get('marker-found'), '', 'first boot: no marker on the data partition yet');
+
+  // Second boot of the same SSD: what the first boot stored is still there.
+  const serial2 = join(WORK, 'serial-2.log');
+  const results2 = join(WORK, 'results-2.log');
+  writeFileSync(serial2, '');
+  writeFileSync(results2, '');
+  const vm2 = startVm({
+    disk,
+    diskFormat: 'qcow2',
+    snapshot: false,
+    accel,
+    varsFile: freshVars(WORK),
+    serial: serial2,
+    resultsFile: results2,
+    credentials: selftestCredentials,
+  });
+  t.teardown(() => vm2.kill());
+  const bound2 = new Promise<'timeout'>((res) => (timer = setTimeout(() => res('timeout'), BOOT_BOUND_MS)));
+  const outcome2 = await Promise.race([vm2.exited, bound2]);
+  clearTimeout(timer);
+  vm2.kill();
+  if (outcome2 === 'timeout') t.fail(`second boot: no poweroff within ${BOOT_BOUND_MS / 1000} s; serial log: ${serial2}`);
+  const r2 = parseResults(readFileSync(results2, 'latin1'));
+  t.equal(r2.get('system-state'), 'running', 'second boot: running (not degraded)');
+  t.equal(r2.get('marker-found'), MARKER, 'the data partition kept what the first boot wrote');
+  t.equal(r2.get('machine-id'), machineId, 'the machine id survived the reboot');
+  t.equal((r2.get('boots') ?? '').split('\n').filter((l) => /\b[0-9a-f]{32}\b/.test(l)).length, 2, `the journal on /var has both boots under that id: ${r2.get('boots')}`);
+  const status2 = JSON.parse(r2.get('rapctl-json') ?? 'null') as { ports: { name: string }[]; config: Record<string, unknown> } | null;
+  t.equal(status2?.config['device.id'], VM_DEVICE, 'rapd started with the site config provisioned on the first boot');
+  t.ok(Number((r2.get('var-size') ?? '').trim()) > 1.4 * 1024 ** 3, 'the grown data partition stayed grown');
 });

@@ -24,6 +24,16 @@ out rapd-proc-status "$(cat /proc/"$pid"/status 2>&1)"
 out rapd-socket "$(stat -c '%a %U %F %n' /run/rapd /run/rapd/rapd.sock 2>&1)"
 out mounts "$(findmnt -rn -o TARGET,SOURCE,FSTYPE,OPTIONS 2>&1)"
 out verity "$(veritysetup status root 2>&1)"
+out machine-id "$(cat /etc/machine-id 2>&1)"
+out machine-id-mount "$(findmnt -rn -o TARGET,SOURCE /etc/machine-id 2>&1)"
+out boots "$(journalctl --list-boots --no-pager 2>&1)"
+# Persistence across reboots: report the marker a previous boot left on the
+# data partition, then leave this boot's (from a credential) for the next.
+marker=/var/lib/rapbox-selftest/marker
+out marker-found "$(cat "$marker" 2>/dev/null)"
+if [ -f "$cred/rapbox.marker" ]; then
+  mkdir -p "${marker%/*}" && cp "$cred/rapbox.marker" "$marker" && sync
+fi
 out var-size "$(df -B1 --output=size /var | tail -1)"
 out cmdline "$(cat /proc/cmdline)"
 out analyze "$(systemd-analyze 2>&1 | head -1)"
