@@ -35,7 +35,7 @@ class FakeStore {
 async function setup(t: Test, over: Partial<{ pollIntervalSec: number; offlineAfterSec: number; frameTimeoutMs: number; maxUnacked: number }> = {}) {
   const store = new FakeStore();
   const agent = await PortAgent.start({
-    port: { name: 'p1', address: '127.0.0.1', port: 0, pollIntervalSec: over.pollIntervalSec ?? 0, offlineAfterSec: over.offlineAfterSec ?? 3600 },
+    port: { name: 'p1', address: '127.0.0.1', port: 0, pollIntervalSec: over.pollIntervalSec ?? 0, offlineAfterSec: over.offlineAfterSec ?? 3600, interface: '', prefix: 0, dhcp: false },
     store,
     log: quiet,
     tickMs: 20,
@@ -226,7 +226,7 @@ t.test('polls a quiet instrument; reports it offline after silence, online again
 t.test('listen failure names the port and address', async (t) => {
   const { agent } = await setup(t);
   await t.rejects(
-    PortAgent.start({ port: { name: 'p2', address: '127.0.0.1', port: agent.boundPort, pollIntervalSec: 0, offlineAfterSec: 60 }, store: new FakeStore(), log: quiet }),
+    PortAgent.start({ port: { name: 'p2', address: '127.0.0.1', port: agent.boundPort, pollIntervalSec: 0, offlineAfterSec: 60, interface: '', prefix: 0, dhcp: false }, store: new FakeStore(), log: quiet }),
     { code: 'RAP_AGENT', message: /port p2: cannot listen on 127\.0\.0\.1:\d+/ },
   );
 });
