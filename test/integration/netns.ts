@@ -28,6 +28,8 @@ export interface Lab {
   exec(ns: string, argv: string[]): Promise<string>;
   /** Start a TCP peer answering with its name; resolves once it listens. */
   listen(ns: string, name: string, endpoints: string[]): Promise<ChildProcess>;
+  /** Start a long-lived process inside a namespace (killed by PID at teardown). */
+  spawn(ns: string, argv: string[], env: Record<string, string>): ChildProcess;
   /** "connected NAME", "refused" or "timeout" (bounded by ms). */
   probe(ns: string, host: string, port: number, ms?: number): Promise<string>;
 }
@@ -41,7 +43,11 @@ export const ADDR = {
   wanPeer: '198.51.100.2',
 };
 
-export async function makeLab(t: Test): Promise<Lab> {
+/**
+ * `boxAddresses: false` leaves the box's gateway addresses off (systemd-networkd
+ * adds them on the appliance; the test adds them when it wants).
+ */
+export async function makeLab(t: Test, opts: { boxAddresses?: boolean } = {}): Promise<Lab> {
   const id = `rb${randomBytes(3).toString('hex')}`;
   const ns = { box: `${id}-box`, i1: `${id}-i1`, i2: `${id}-i2`, wan: `${id}-wan` };
   const children: ChildProcess[] = [];
@@ -66,7 +72,7 @@ export async function makeLab(t: Test): Promise<Lab> {
   ];
   for (const [boxIf, peer, boxAddr, peerAddr, route] of links) {
     await ip('-n', ns.box, 'link', 'add', boxIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', peer);
-    await ip('-n', ns.box, 'addr', 'add', boxAddr, 'dev', boxIf);
+    if (opts.boxAddresses !== false || boxIf === 'wan') await ip('-n', ns.box, 'addr', 'add', boxAddr, 'dev', boxIf);
     await ip('-n', ns.box, 'link', 'set', boxIf, 'up');
     await ip('-n', peer, 'addr', 'add', peerAddr, 'dev', 'eth0');
     await ip('-n', peer, 'link', 'set', 'eth0', 'up');
@@ -79,6 +85,11 @@ export async function makeLab(t: Test): Promise<Lab> {
   return {
     ns,
     exec,
+    spawn(n, argv, env) {
+      const child = spawn('ip', ['netns', 'exec', n, ...argv], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      children.push(child);
+      return child;
+    },
     listen(n, name, endpoints) {
       // Long-lived: spawned directly and killed by PID at teardown.
       const child = spawn('ip', ['netns', 'exec', n, process.execPath, PROBE, 'listen', name, ...endpoints], { stdio: ['ignore', 'pipe', 'pipe'] });

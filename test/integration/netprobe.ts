@@ -2,8 +2,9 @@
 // with `ip netns exec NS node netprobe.ts ...`:
 //   listen NAME HOST:PORT...   answer every connection with "NAME\n" and close;
 //                              prints "ready" once all are listening
-//   connect HOST PORT MS       prints "connected NAME" (exit 0), or
-//                              "refused"/"timeout"/"error CODE" (exit 1)
+//   connect HOST PORT MS       prints "connected NAME" (exit 0; "connected" when
+//                              the peer says nothing within MS, like rapd's agent),
+//                              or "refused"/"timeout"/"error CODE" (exit 1)
 // Bounded: a connect gives up after MS; a listener lives until it is killed.
 
 import { connect, createServer } from 'node:net';
@@ -30,9 +31,11 @@ if (mode === 'listen') {
     process.stdout.write(`${line}\n`);
     process.exit(code);
   };
-  const timer = setTimeout(() => done('timeout', 1), Number(ms));
+  let connected = false;
+  const timer = setTimeout(() => (connected ? done('connected', 0) : done('timeout', 1)), Number(ms));
   let got = '';
   const s = connect({ host: host!, port: Number(port) });
+  s.on('connect', () => (connected = true));
   s.on('data', (b) => (got += b.toString()));
   s.on('end', () => {
     clearTimeout(timer);
