@@ -31,6 +31,7 @@ declare -A vm_tools=(
 )
 declare -A integration_tools=(
   [ip]=iproute2
+  [nft]=nftables
   [openssl]=openssl
   [tinyproxy]=tinyproxy
   [danted]=dante-server

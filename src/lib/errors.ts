@@ -13,6 +13,7 @@ export type RapErrorCode =
   | 'RAP_CONTROL'
   | 'RAP_USAGE'
   | 'RAP_AGENT'
+  | 'RAP_NET' | 'RAP_FIREWALL'
   | 'RAP_UPLINK'
   | 'RAP_STORE' | 'RAP_STORE_FULL'
   | 'RAP_PROXY'

@@ -15,6 +15,11 @@ export interface ControlRequest {
 export interface PortReport {
   name: string;
   listen: string;
+  /** False while the gateway address is not on the box yet (networkd adds it asynchronously). */
+  listening: boolean;
+  waitingForAddressSince: string | null;
+  /** Why the last listen attempt failed (e.g. "EADDRNOTAVAIL"), null once listening. */
+  bindError: string | null;
   connections: number;
   instrument: InstrumentIdentity | null;
   online: boolean;
@@ -58,6 +63,13 @@ export interface UplinkReport {
   wireBytes: number;
 }
 
+/** The instrument ports' network and the firewall, as applied at start. */
+export interface NetworkReport {
+  firewall: { table: string; appliedAt: string; chains: number; rules: number };
+  /** The networkd directory, rapd's files in it, and whether networkd was asked to reload. */
+  networkd: { dir: string; files: string[]; reloaded: boolean };
+}
+
 export interface StatusReport {
   name: string;
   version: string;
@@ -74,6 +86,8 @@ export interface StatusReport {
   store: StoreReport | null;
   /** null when no center is configured (store only). */
   uplink: UplinkReport | null;
+  /** null when no port has an interface (loopback/dev ports only: nothing applied). */
+  network: NetworkReport | null;
 }
 
 export type ControlResponse =

@@ -44,7 +44,16 @@ function formatStatus(s: StatusReport): string {
   } else {
     lines.push('uplink:   none configured (store only)');
   }
+  if (s.network) {
+    const n = s.network;
+    lines.push(`firewall: table ${n.firewall.table}, ${n.firewall.chains} chains, ${n.firewall.rules} rules (applied ${n.firewall.appliedAt})`);
+    lines.push(`networkd: ${n.networkd.files.length} port file(s) in ${n.networkd.dir}${n.networkd.reloaded ? ' (reloaded)' : ' (unchanged)'}`);
+  }
   for (const p of s.ports) {
+    if (!p.listening) {
+      lines.push(`port ${p.name}: ${p.listen} NOT LISTENING: waiting for the address since ${p.waitingForAddressSince ?? '?'} (${p.bindError ?? 'unknown'})`);
+      continue;
+    }
     const who = p.instrument ? `${p.instrument.model} ${p.instrument.serial} (sw ${p.instrument.swVersion})` : 'no instrument yet';
     const errs = Object.entries(p.counters.errors).map(([k, v]) => `${k}=${v}`).join(' ');
     lines.push(`port ${p.name}: ${p.listen} ${p.online ? 'ONLINE' : 'offline'}; ${who}; last seen ${p.lastSeen ?? 'never'}; ${p.counters.stored} stored${errs ? `; errors ${errs}` : ''}`);

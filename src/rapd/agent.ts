@@ -32,6 +32,9 @@ import type { NewMessage } from './store.ts';
 export const MAX_UNACKED = 256;
 /** A started line must be finished within this time (slow or stuck senders). */
 export const FRAME_TIMEOUT_MS = 30_000;
+/** Bounds of the retry delay while a port's gateway address is not there yet. */
+export const BIND_RETRY_MIN_MS = 100;
+export const BIND_RETRY_MAX_MS = 5_000;
 
 export interface AgentStore {
   append(msg: NewMessage): Promise<TelemetryMessage>;
@@ -46,6 +49,8 @@ export interface AgentDeps {
   maxUnacked?: number;
   /** How often presence and polling are checked (tests make it short). */
   tickMs?: number;
+  /** Longest wait between bind retries while the address is missing (tests make it short). */
+  bindRetryMaxMs?: number;
 }
 
 /** A port's part of `rapctl status` (defined once, in the control protocol). */
@@ -79,6 +84,11 @@ export class PortAgent {
   private lastStatusAt: number | null = null;
   private lastPollAt = 0;
   private pollSeq = 0;
+  private listening = false;
+  private lastBindError: string | null = null;
+  private waitingSince: number | null = null;
+  private bindTimer: NodeJS.Timeout | undefined;
+  private stopped = false;
   private readonly counters: PortStatus['counters'] = { frames: 0, stored: 0, polls: 0, errors: {} };
 
   private constructor(deps: AgentDeps) {
@@ -89,21 +99,67 @@ export class PortAgent {
     this.frameTimeoutMs = deps.frameTimeoutMs ?? FRAME_TIMEOUT_MS;
     this.maxUnacked = deps.maxUnacked ?? MAX_UNACKED;
     this.server = createServer((sock) => this.accept(sock));
+    // Errors of a listening server (accept failures) are logged, never fatal;
+    // bind failures are handled by bind().
+    this.server.on('error', (e) => {
+      if (this.listening) this.log.warn('port agent server error', { error: errorMessage(e) });
+    });
   }
 
+  /**
+   * Start listening. On a port with an interface the gateway address is put
+   * there by systemd-networkd, asynchronously: while it is missing
+   * (EADDRNOTAVAIL) the agent retries with a bounded backoff, says so once in
+   * the log and shows it in status. Any other bind failure is fatal.
+   */
   static async start(deps: AgentDeps): Promise<PortAgent> {
     const agent = new PortAgent(deps);
     const { address, port } = deps.port;
-    await new Promise<void>((resolve, reject) => {
-      agent.server.once('error', (e) =>
-        reject(new RapError('RAP_AGENT', `port ${deps.port.name}: cannot listen on ${address}:${port}: ${errorMessage(e)}`, { port: deps.port.name }, { cause: e })),
-      );
-      agent.server.listen({ host: address, port, exclusive: true }, () => resolve());
-    });
+    const err = await agent.bind();
+    if (err && !(err.code === 'EADDRNOTAVAIL' && deps.port.interface !== '')) {
+      throw new RapError('RAP_AGENT', `port ${deps.port.name}: cannot listen on ${address}:${port}: ${errorMessage(err)}`, { port: deps.port.name }, { cause: err });
+    }
+    if (err) {
+      agent.waitingSince = agent.now();
+      agent.lastBindError = err.code ?? errorMessage(err);
+      agent.log.warn('port address not there yet; retrying until it is', { listen: `${address}:${port}`, interface: deps.port.interface, error: err.code });
+      agent.retryBind(BIND_RETRY_MIN_MS, deps.bindRetryMaxMs ?? BIND_RETRY_MAX_MS);
+    }
     agent.ticker = setInterval(() => agent.tick(), deps.tickMs ?? 1000);
     agent.ticker.unref();
-    agent.log.info('port agent listening', { listen: `${address}:${port}` });
     return agent;
+  }
+
+  /** One listen attempt; the error, or null once listening. */
+  private bind(): Promise<NodeJS.ErrnoException | null> {
+    const { address, port } = this.cfg;
+    return new Promise((resolve) => {
+      // Left in place after a success: a later error resolves nothing.
+      this.server.once('error', (e: NodeJS.ErrnoException) => resolve(e));
+      this.server.listen({ host: address, port, exclusive: true }, () => {
+        this.listening = true;
+        this.log.info('port agent listening', { listen: `${address}:${this.boundPort}`, ...(this.waitingSince === null ? {} : { waitedMs: this.now() - this.waitingSince }) });
+        this.waitingSince = null;
+        resolve(null);
+      });
+    });
+  }
+
+  private retryBind(delayMs: number, maxMs: number): void {
+    this.bindTimer = setTimeout(() => {
+      this.bindTimer = undefined;
+      if (this.stopped) return;
+      void this.bind().then((e) => {
+        if (this.stopped && this.listening) this.server.close();
+        if (!e || this.stopped) return;
+        // Still missing, or something else now (e.g. the port taken): keep
+        // trying, logged only when the reason changes.
+        const why = e.code ?? errorMessage(e);
+        if (why !== this.lastBindError) this.log.warn('port agent cannot listen yet; retrying', { listen: `${this.cfg.address}:${this.cfg.port}`, error: errorMessage(e) });
+        this.lastBindError = why;
+        this.retryBind(Math.min(delayMs * 2, maxMs), maxMs);
+      });
+    }, delayMs);
   }
 
   /** The port actually bound (tests listen on port 0). */
@@ -117,6 +173,9 @@ export class PortAgent {
     return {
       name: this.cfg.name,
       listen: `${this.cfg.address}:${this.boundPort}`,
+      listening: this.listening,
+      waitingForAddressSince: iso(this.waitingSince),
+      bindError: this.listening ? null : this.lastBindError,
       connections: this.conns.size,
       instrument: this.instrument,
       online: this.online,
@@ -127,11 +186,14 @@ export class PortAgent {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     if (this.ticker) clearInterval(this.ticker);
+    if (this.bindTimer) clearTimeout(this.bindTimer);
     for (const c of this.conns) {
       if (c.partialTimer) clearTimeout(c.partialTimer);
       c.sock.destroy();
     }
+    if (!this.listening) return;
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 

@@ -9,6 +9,7 @@
 
 import { readFileSync } from 'node:fs';
 import { RapError } from '../lib/errors.ts';
+import { RESERVED, broadcastOf, formatIPv4, formatSubnet, overlaps, parseCidr, parseIPv4, subnetOf, subnetSize, type Subnet } from '../lib/ipv4.ts';
 import { DEVICE_ID, DEVICE_ID_DOC, PORT_NAME, PORT_NAME_DOC } from '../protocol/telemetry.ts';
 
 type ScalarType =
@@ -39,6 +40,11 @@ interface Setting<V> {
 const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
+/** Linux interface names rapd renders into networkd files and nft rules (IFNAMSIZ 16). */
+const IFNAME = /^[a-z][a-z0-9_-]{0,14}$/;
+const IFNAME_DOC = '1-15 of a-z, 0-9, "_", "-", starting with a letter';
+const CIDR4 = /^[0-9]{1,3}(\.[0-9]{1,3}){3}\/[0-9]{1,2}$/;
+
 // `as const satisfies` keeps each entry's literal key for the Config type below.
 export const SETTINGS = [
   {
@@ -66,6 +72,12 @@ export const SETTINGS = [
     doc: 'Runtime directory for the owner-only control socket `rapd.sock`.',
   },
   {
+    key: 'paths.networkd',
+    type: { kind: 'path' },
+    default: '/run/systemd/network',
+    doc: "Where rapd writes the instrument ports' systemd-networkd files (runtime: rewritten at every start).",
+  },
+  {
     key: 'device.id',
     type: { kind: 'string', pattern: new RegExp(`^$|${DEVICE_ID.source}`), patternDoc: `empty or ${DEVICE_ID_DOC}` },
     default: '',
@@ -80,7 +92,17 @@ export const SETTINGS = [
       maxItems: 16,
       fields: {
         name: { type: { kind: 'string', pattern: PORT_NAME, patternDoc: PORT_NAME_DOC }, doc: 'port name (stable; used in message ids and the firewall)' },
-        address: { type: { kind: 'string', pattern: /^[0-9a-fA-F.:]{2,45}$/, patternDoc: 'an IP address' }, doc: "the port's gateway address rapd listens on" },
+        interface: {
+          type: { kind: 'string', pattern: new RegExp(`^$|${IFNAME.source}`), patternDoc: `empty or ${IFNAME_DOC}` },
+          default: '',
+          doc: 'network interface of the port (named by a .link file, e.g. "inst1"); empty: a loopback/dev port, no network or firewall rendering',
+        },
+        address: {
+          type: { kind: 'string', pattern: /^$|^[0-9a-fA-F.:]{2,45}(\/[0-9]{1,2})?$/, patternDoc: 'empty or an IP address, optionally with "/prefix"' },
+          default: '',
+          doc: "the port's gateway address rapd listens on; with an interface an IPv4 address whose subnet is the port's (\"/prefix\", default `network.portPrefix`); empty: the subnet of `network.plan` at this port's position in the list, gateway its first address (required without an interface)",
+        },
+        dhcp: { type: { kind: 'boolean' }, default: true, doc: 'the box serves DHCP on the port (no router or DNS handed out); false: the instrument is configured statically' },
         port: { type: { kind: 'integer', min: 1, max: 65535 }, default: 7400, doc: 'TCP port of the instrument protocol' },
         pollIntervalSec: { type: { kind: 'integer', min: 0, max: 86400 }, default: 60, doc: 'poll instruments that do not push this often (0: never)' },
         offlineAfterSec: { type: { kind: 'integer', min: 1, max: 604800 }, default: 180, doc: 'silence after which the instrument is reported offline' },
@@ -88,6 +110,24 @@ export const SETTINGS = [
     },
     default: [] as PortConfig[],
     doc: 'Instrument ports: one agent each, listening on the port\'s gateway address.',
+  },
+  {
+    key: 'network.plan',
+    type: { kind: 'string', pattern: CIDR4, patternDoc: 'an IPv4 subnet "a.b.c.d/len"' },
+    default: '100.87.0.0/24',
+    doc: 'Address plan for instrument ports without an explicit address: split into `network.portPrefix` subnets, one per port in list order. The default lies in RFC 6598 shared space, which hospital LANs (RFC 1918) do not use; override it if the site does.',
+  },
+  {
+    key: 'network.portPrefix',
+    type: { kind: 'integer', min: 16, max: 30 },
+    default: 28,
+    doc: 'Prefix length of an instrument port subnet (28: 14 hosts; DHCP hands out the upper half).',
+  },
+  {
+    key: 'network.wanInterface',
+    type: { kind: 'string', pattern: IFNAME, patternDoc: IFNAME_DOC },
+    default: 'wan',
+    doc: 'The WAN interface (named by a .link file): outbound only, nothing on the box is reachable from it.',
   },
   {
     key: 'center.url',
@@ -190,10 +230,16 @@ export const SETTINGS = [
 
 export interface PortConfig {
   name: string;
+  /** The gateway address the agent listens on (no prefix; resolved from the plan when empty in the file). */
   address: string;
   port: number;
   pollIntervalSec: number;
   offlineAfterSec: number;
+  /** Network interface; "" for a loopback/dev port (no network or firewall rendering). */
+  interface: string;
+  /** Prefix length of the port subnet (0 for a loopback/dev port). */
+  prefix: number;
+  dhcp: boolean;
 }
 
 type SettingsList = typeof SETTINGS;
@@ -309,12 +355,83 @@ function parseList(
   return problems.length === before ? items : null;
 }
 
+/**
+ * The network side of the ports: fill in addresses from the plan, split
+ * "address/prefix", and check what involves more than one port or key
+ * (overlapping subnets, an interface used twice or clashing with the WAN,
+ * a gateway that is its subnet's network or broadcast address). Returns null
+ * when a problem was found.
+ */
+function resolvePorts(c: Record<string, unknown>, problems: string[]): PortConfig[] | null {
+  const before = problems.length;
+  const raw = (c['ports'] ?? []) as (Omit<PortConfig, 'prefix'> & { address: string })[];
+  const wan = c['network.wanInterface'] as string;
+  const portPrefix = c['network.portPrefix'] as number;
+  const planText = c['network.plan'] as string;
+  const planCidr = parseCidr(planText);
+  let plan: Subnet | null = null;
+  if (!planCidr || planCidr.prefix > portPrefix) {
+    problems.push(`key 'network.plan': got ${show(planText)}, expected an IPv4 subnet no smaller than /${portPrefix} ('network.portPrefix')`);
+  } else if (subnetOf(planCidr.address, planCidr.prefix).network !== planCidr.address) {
+    problems.push(`key 'network.plan': ${planText} has host bits set (the subnet is ${formatSubnet(subnetOf(planCidr.address, planCidr.prefix))})`);
+  } else plan = subnetOf(planCidr.address, planCidr.prefix);
+
+  const subnets: { at: string; subnet: Subnet }[] = [];
+  const ifaces = new Map<string, number>();
+  const out = raw.map((p, i): PortConfig => {
+    const at = `ports[${i}]`;
+    if (p.interface === '') {
+      if (p.address === '') problems.push(`key '${at}.address' is required for a port without an interface (a loopback/dev port)`);
+      else if (p.address.includes('/')) problems.push(`key '${at}.address': got ${show(p.address)}; a "/prefix" needs an interface ('${at}.interface')`);
+      return { ...p, prefix: 0 };
+    }
+    if (p.interface === wan) problems.push(`key '${at}.interface': ${show(p.interface)} is the WAN interface ('network.wanInterface')`);
+    else if (p.interface === 'lo') problems.push(`key '${at}.interface': "lo" is loopback; leave it empty for a loopback/dev port`);
+    const first = ifaces.get(p.interface);
+    if (first !== undefined) problems.push(`key '${at}.interface': ${show(p.interface)} is used by ports[${first}] too`);
+    ifaces.set(p.interface, i);
+
+    let gateway: number | null;
+    let prefix = portPrefix;
+    if (p.address === '') {
+      if (!plan) return { ...p, prefix };
+      const slots = subnetSize(plan.prefix) / subnetSize(portPrefix);
+      if (i >= slots) {
+        problems.push(`key '${at}.address': 'network.plan' ${formatSubnet(plan)} has only ${slots} /${portPrefix} subnet(s); give this port an address`);
+        return { ...p, prefix };
+      }
+      gateway = plan.network + i * subnetSize(portPrefix) + 1;
+    } else {
+      const [addr, len] = p.address.split('/');
+      gateway = parseIPv4(addr!);
+      if (len !== undefined) prefix = Number(len);
+      if (gateway === null || prefix < 8 || prefix > 30) {
+        problems.push(`key '${at}.address': got ${show(p.address)}, expected an IPv4 address with an optional "/prefix" from 8 to 30 (the port has an interface)`);
+        return { ...p, prefix };
+      }
+    }
+    const subnet = subnetOf(gateway, prefix);
+    const shown = `${formatIPv4(gateway)}/${prefix}`;
+    if (gateway === subnet.network) problems.push(`key '${at}.address': ${shown} is the network address of ${formatSubnet(subnet)}, not a host in it`);
+    if (gateway === broadcastOf(subnet)) problems.push(`key '${at}.address': ${shown} is the broadcast address of ${formatSubnet(subnet)}, not a host in it`);
+    const reserved = RESERVED.find((r) => overlaps(r.subnet, subnet));
+    if (reserved) problems.push(`key '${at}.address': subnet ${formatSubnet(subnet)} lies in ${reserved.what}`);
+    const clash = subnets.find((s) => overlaps(s.subnet, subnet));
+    if (clash) problems.push(`key '${at}.address': subnet ${formatSubnet(subnet)} overlaps ${clash.at}'s ${formatSubnet(clash.subnet)}`);
+    subnets.push({ at, subnet });
+    return { ...p, address: formatIPv4(gateway), prefix };
+  });
+  return problems.length === before ? out : null;
+}
+
 /** Rules that involve more than one key. */
 function crossChecks(c: Record<string, unknown>, problems: string[]): void {
   if (c['center.url'] !== '' && c['device.id'] === '') {
     problems.push(`key 'device.id' must be set when 'center.url' is set (it must match the certificate's CN)`);
   }
-  const ports = (c['ports'] ?? []) as PortConfig[];
+  const ports = resolvePorts(c, problems);
+  if (ports) c['ports'] = ports;
+  else return;
   const endpoints = new Set<string>();
   ports.forEach((p, i) => {
     const ep = `${p.address}:${p.port}`;

@@ -7,10 +7,13 @@ import { join } from 'node:path';
 import { writeFileDurable } from '../lib/durable.ts';
 import { RapError, errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
-import type { StatusReport } from '../protocol/control.ts';
+import { run as realRun, type Runner } from '../lib/run.ts';
+import type { NetworkReport, StatusReport } from '../protocol/control.ts';
 import { redactConfig, type Config } from './config.ts';
 import { startControlServer, type ControlServer } from './control.ts';
 import { PortAgent } from './agent.ts';
+import { FIREWALL_TABLE, applyFirewall, firewallPolicy, nftAdaptor, renderFirewall, type FirewallAdaptor } from './firewall.ts';
+import { applyNetworkFiles, netPorts, renderNetworkFiles } from './network.ts';
 import type { Notifier } from './notify.ts';
 import { MessageStore } from './store.ts';
 import { Uplink } from './uplink.ts';
@@ -25,6 +28,11 @@ export interface DaemonDeps {
   now?: () => Date;
   /** Environment for proxy settings (HTTPS_PROXY, NO_PROXY...). */
   env?: NodeJS.ProcessEnv;
+  /** The subprocess door for `networkctl` (and `nft` unless `firewall` is given). */
+  run?: Runner;
+  firewall?: FirewallAdaptor;
+  /** Longest wait between bind retries while a port address is missing. */
+  bindRetryMaxMs?: number;
 }
 
 export interface Daemon {
@@ -56,6 +64,32 @@ function checkStateDir(dir: string, record: string): void {
   }
 }
 
+/**
+ * With any port on an interface: the firewall first (the islands are closed
+ * before networkd brings their addresses up), then the networkd files. Both
+ * stay in place when rapd stops: stopping never opens the box. Nothing is
+ * touched when all ports are loopback/dev ports.
+ */
+async function applyNetwork(deps: DaemonDeps, now: () => Date): Promise<NetworkReport | null> {
+  const { config, paths, log } = deps;
+  if (netPorts(config).length === 0) return null;
+  const run = deps.run ?? realRun;
+  const fw = deps.firewall ?? nftAdaptor((argv, opts) => run(argv, { ...opts, onStart: (cmd) => log.debug('run', { cmd }) }));
+  const state = await applyFirewall(fw, renderFirewall(firewallPolicy(config)));
+  const files = renderNetworkFiles(config);
+  const applied = await applyNetworkFiles(paths.networkd, files, run);
+  log.info('instrument ports configured', {
+    firewall: `table inet ${FIREWALL_TABLE}: ${state.chains.length} chains, ${state.rules} rules`,
+    networkd: paths.networkd,
+    changed: applied.changed,
+    reloaded: applied.reloaded,
+  });
+  return {
+    firewall: { table: `inet ${FIREWALL_TABLE}`, appliedAt: now().toISOString(), chains: state.chains.length, rules: state.rules },
+    networkd: { dir: paths.networkd, files: [...files.keys()], reloaded: applied.reloaded },
+  };
+}
+
 export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   const { config, paths, log, notifier } = deps;
   const now = deps.now ?? (() => new Date());
@@ -64,6 +98,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   const slot = readSlot(paths.procCmdline);
 
   checkStateDir(paths.state, `${JSON.stringify({ version: RAPD_VERSION, pid: process.pid, startedAt: startedAt.toISOString() })}\n`);
+  const network = await applyNetwork(deps, now);
 
   // Each part started is pushed here so a failure later unwinds it (never half-started).
   const undo: (() => Promise<void> | void)[] = [];
@@ -90,7 +125,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
       undo.push(() => u.stop());
     }
     for (const port of config['ports']) {
-      const agent = await PortAgent.start({ port, store, log });
+      const agent = await PortAgent.start({ port, store, log, bindRetryMaxMs: deps.bindRetryMaxMs });
       agents.push(agent);
       undo.push(() => agent.stop());
     }
@@ -113,6 +148,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
     ports: agents.map((a) => a.status()),
     store: store.stats(),
     uplink: uplink?.status() ?? null,
+    network,
   });
 
   let control: ControlServer;

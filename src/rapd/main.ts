@@ -8,6 +8,7 @@ import { createLogger } from '../lib/log.ts';
 import { run } from '../lib/run.ts';
 import { rapctlMain } from '../rapctl/main.ts';
 import { DEFAULT_CONFIG_PATH, configDocTable, loadConfig } from './config.ts';
+import { netShow } from './netshow.ts';
 import { startDaemon } from './daemon.ts';
 import { createNotifier } from './notify.ts';
 import { pathsFromConfig } from './paths.ts';
@@ -16,6 +17,9 @@ import { RAPD_VERSION } from './version.ts';
 const USAGE = `usage: rapd [--config PATH]      run the daemon (default config ${DEFAULT_CONFIG_PATH})
        rapd --version
        rapd --config-doc           print the settings table (markdown)
+       rapd net show [--config PATH] [--firewall | --network]
+                                   print the firewall ruleset and networkd files
+                                   rapd would apply (changes nothing)
        rapd ctl ...                same as rapctl ...`;
 
 const io = {
@@ -88,6 +92,7 @@ async function main(): Promise<number> {
   const args = process.argv.slice(2);
   if (basename(process.argv0) === 'rapctl') return rapctlMain(args, io);
   if (args[0] === 'ctl') return rapctlMain(args.slice(1), io);
+  if (args[0] === 'net') return netShow(args.slice(1), io);
   return daemonMain(args);
 }
 

@@ -15,6 +15,8 @@ export interface Paths {
   controlSocket: string;
   /** The kernel command line (boot slot). */
   procCmdline: string;
+  /** systemd-networkd's runtime directory for the instrument ports' .network files. */
+  networkd: string;
 }
 
 export const DEFAULT_CONTROL_SOCKET = '/run/rapd/rapd.sock';
@@ -26,5 +28,6 @@ export function pathsFromConfig(config: Config, procRoot = '/proc'): Paths {
     controlSocket: join(config['paths.runtime'], 'rapd.sock'),
     queueDb: join(config['paths.state'], 'queue.db'),
     procCmdline: join(procRoot, 'cmdline'),
+    networkd: config['paths.networkd'],
   };
 }

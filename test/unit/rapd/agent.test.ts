@@ -35,7 +35,7 @@ class FakeStore {
 async function setup(t: Test, over: Partial<{ pollIntervalSec: number; offlineAfterSec: number; frameTimeoutMs: number; maxUnacked: number }> = {}) {
   const store = new FakeStore();
   const agent = await PortAgent.start({
-    port: { name: 'p1', address: '127.0.0.1', port: 0, pollIntervalSec: over.pollIntervalSec ?? 0, offlineAfterSec: over.offlineAfterSec ?? 3600 },
+    port: { name: 'p1', address: '127.0.0.1', port: 0, pollIntervalSec: over.pollIntervalSec ?? 0, offlineAfterSec: over.offlineAfterSec ?? 3600, interface: '', prefix: 0, dhcp: false },
     store,
     log: quiet,
     tickMs: 20,
@@ -226,7 +226,36 @@ t.test('polls a quiet instrument; reports it offline after silence, online again
 t.test('listen failure names the port and address', async (t) => {
   const { agent } = await setup(t);
   await t.rejects(
-    PortAgent.start({ port: { name: 'p2', address: '127.0.0.1', port: agent.boundPort, pollIntervalSec: 0, offlineAfterSec: 60 }, store: new FakeStore(), log: quiet }),
+    PortAgent.start({ port: { name: 'p2', address: '127.0.0.1', port: agent.boundPort, pollIntervalSec: 0, offlineAfterSec: 60, interface: '', prefix: 0, dhcp: false }, store: new FakeStore(), log: quiet }),
     { code: 'RAP_AGENT', message: /port p2: cannot listen on 127\.0\.0\.1:\d+/ },
+  );
+});
+
+// 192.0.2.1 (TEST-NET-1) is on no interface of this host: binding it is EADDRNOTAVAIL.
+t.test('a port with an interface waits for its address instead of failing', async (t) => {
+  const lines: string[] = [];
+  const log = createLogger({ write: (l) => void lines.push(l), syslogPrefix: false });
+  const agent = await PortAgent.start({
+    port: { name: 'p1', address: '192.0.2.1', port: 7400, pollIntervalSec: 0, offlineAfterSec: 60, interface: 'inst1', prefix: 28, dhcp: true },
+    store: new FakeStore(),
+    log,
+    bindRetryMaxMs: 20,
+  });
+  await new Promise((r) => setTimeout(r, 200));
+  const s = agent.status();
+  t.equal(s.listening, false);
+  t.equal(s.bindError, 'EADDRNOTAVAIL');
+  t.match(s.waitingForAddressSince, /^\d{4}-\d\d-\d\dT/);
+  const warned = lines.filter((l) => l.includes('port address not there yet'));
+  t.equal(warned.length, 1, `logged once over several retries: ${lines.join('')}`);
+  t.equal(lines.length, 1, 'retries are silent while the reason stays the same');
+  await agent.stop();
+  t.equal(agent.status().listening, false, 'stopped while waiting: nothing bound later');
+});
+
+t.test('a loopback/dev port with a missing address still fails at once', async (t) => {
+  await t.rejects(
+    PortAgent.start({ port: { name: 'dev', address: '192.0.2.1', port: 7400, pollIntervalSec: 0, offlineAfterSec: 60, interface: '', prefix: 0, dhcp: false }, store: new FakeStore(), log: quiet }),
+    { code: 'RAP_AGENT', message: /port dev: cannot listen on 192\.0\.2\.1:7400: .*EADDRNOTAVAIL/ },
   );
 });

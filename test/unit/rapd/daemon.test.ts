@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseConfig } from '../../../src/rapd/config.ts';
 import { slotFromCmdline, startDaemon } from '../../../src/rapd/daemon.ts';
@@ -7,6 +7,9 @@ import { pathsFromConfig } from '../../../src/rapd/paths.ts';
 import { createLogger } from '../../../src/lib/log.ts';
 import type { Notifier } from '../../../src/rapd/notify.ts';
 import { callControl } from '../../../src/rapctl/client.ts';
+import type { FirewallAdaptor } from '../../../src/rapd/firewall.ts';
+import type { Runner } from '../../../src/lib/run.ts';
+import { RapError } from '../../../src/lib/errors.ts';
 
 t.test('slotFromCmdline', async (t) => {
   t.equal(slotFromCmdline('initrd=\\x root=PARTUUID=1 rapbox.slot=b console=ttyS0'), 'b');
@@ -103,4 +106,54 @@ t.test('refuses to replace a non-socket at the socket path', async (t) => {
     code: 'RAP_CONTROL',
     message: /exists and is not a socket/,
   });
+});
+
+t.test('a port with an interface: firewall, then networkd files, then the agent (waiting for its address)', async (t) => {
+  const { dir, paths, log } = setup(t);
+  const config = parseConfig({ paths: { state: paths.state, runtime: paths.runtime, networkd: join(dir, 'networkd') }, ports: [{ name: 'p1', interface: 'inst1', address: '192.0.2.1/28' }] }, 'test');
+  const p = { ...paths, networkd: config['paths.networkd'] };
+  const steps: string[] = [];
+  const firewall: FirewallAdaptor = {
+    apply: async (ruleset) => void steps.push(`nft apply ${ruleset.includes('chain port_p1') ? 'with port_p1' : 'without port'}`),
+    check: async () => {},
+    read: async () => ({ chains: [{ name: 'input', hook: 'input', policy: 'drop', rules: 7 }, { name: 'forward', hook: 'forward', policy: 'drop', rules: 2 }], rules: 9 }),
+  };
+  const run = (async (argv: readonly string[]) => {
+    steps.push(`${argv.join(' ')} (files: ${readdirSync(p.networkd).join(',')})`);
+    return { argv: [...argv], code: 0, signal: null, stdout: '', stderr: '' };
+  }) as Runner;
+  const d = await startDaemon({ config, paths: p, log, notifier: recordingNotifier().n, firewall, run, bindRetryMaxMs: 50 });
+  t.teardown(() => d.stop('test'));
+  t.same(steps, ['nft apply with port_p1', 'networkctl reload (files: 10-rapbox-p1.network)']);
+  const s = d.status();
+  t.match(s.network, { firewall: { table: 'inet rapbox', chains: 2, rules: 9 }, networkd: { dir: p.networkd, files: ['10-rapbox-p1.network'], reloaded: true } });
+  t.match(s.ports[0], { name: 'p1', listen: '192.0.2.1:7400', listening: false, bindError: 'EADDRNOTAVAIL' });
+});
+
+t.test('a firewall that does not load stops the start before networkd or any agent', async (t) => {
+  const { dir, paths, log } = setup(t);
+  const config = parseConfig({ paths: { state: paths.state, runtime: paths.runtime, networkd: join(dir, 'networkd') }, ports: [{ name: 'p1', interface: 'inst1' }] }, 'test');
+  const firewall: FirewallAdaptor = {
+    apply: async () => {
+      throw new RapError('RAP_FIREWALL', 'nft apply failed, previous ruleset kept: nft: command not found');
+    },
+    check: async () => {},
+    read: async () => null,
+  };
+  await t.rejects(startDaemon({ config, paths: { ...paths, networkd: config['paths.networkd'] }, log, notifier: recordingNotifier().n, firewall }), {
+    code: 'RAP_FIREWALL',
+    message: /previous ruleset kept/,
+  });
+  t.throws(() => statSync(join(dir, 'networkd')), { code: 'ENOENT' }, 'no networkd files written');
+  t.throws(() => statSync(paths.controlSocket), { code: 'ENOENT' }, 'nothing listens');
+});
+
+t.test('loopback/dev ports only: no firewall or networkd touched, network status null', async (t) => {
+  const { config, paths, log } = setup(t);
+  const run = (async () => {
+    throw new Error('must not run anything');
+  }) as unknown as Runner;
+  const d = await startDaemon({ config, paths, log, notifier: recordingNotifier().n, run });
+  t.teardown(() => d.stop('test'));
+  t.equal(d.status().network, null);
 });

@@ -1,0 +1,51 @@
+// A tiny TCP peer for the network-namespace tests, run inside a namespace
+// with `ip netns exec NS node netprobe.ts ...`:
+//   listen NAME HOST:PORT...   answer every connection with "NAME\n" and close;
+//                              prints "ready" once all are listening
+//   connect HOST PORT MS       prints "connected NAME" (exit 0; "connected" when
+//                              the peer says nothing within MS, like rapd's agent),
+//                              or "refused"/"timeout"/"error CODE" (exit 1)
+// Bounded: a connect gives up after MS; a listener lives until it is killed.
+
+import { connect, createServer } from 'node:net';
+
+const [mode, ...args] = process.argv.slice(2);
+
+if (mode === 'listen') {
+  const [name, ...endpoints] = args;
+  let pending = endpoints.length;
+  for (const ep of endpoints) {
+    const i = ep.lastIndexOf(':');
+    createServer((s) => s.end(`${name}\n`))
+      .on('error', (e) => {
+        process.stderr.write(`listen ${ep}: ${e.message}\n`);
+        process.exit(2);
+      })
+      .listen({ host: ep.slice(0, i), port: Number(ep.slice(i + 1)) }, () => {
+        if (--pending === 0) process.stdout.write('ready\n');
+      });
+  }
+} else if (mode === 'connect') {
+  const [host, port, ms] = args;
+  const done = (line: string, code: number): void => {
+    process.stdout.write(`${line}\n`);
+    process.exit(code);
+  };
+  let connected = false;
+  const timer = setTimeout(() => (connected ? done('connected', 0) : done('timeout', 1)), Number(ms));
+  let got = '';
+  const s = connect({ host: host!, port: Number(port) });
+  s.on('connect', () => (connected = true));
+  s.on('data', (b) => (got += b.toString()));
+  s.on('end', () => {
+    clearTimeout(timer);
+    done(`connected ${got.trim()}`, 0);
+  });
+  s.on('error', (e: NodeJS.ErrnoException) => {
+    clearTimeout(timer);
+    done(e.code === 'ECONNREFUSED' ? 'refused' : `error ${e.code ?? e.message}`, 1);
+  });
+} else {
+  process.stderr.write('usage: netprobe.ts listen NAME HOST:PORT... | connect HOST PORT MS\n');
+  process.exit(2);
+}
