@@ -197,6 +197,13 @@ async function buildTree(baseTar: string, rapd: string): Promise<string> {
   rmSync(join(tree, 'usr/bin/rapctl'), { force: true });
   symlinkSync('rapd', join(tree, 'usr/bin/rapctl'));
 
+  // The boot-time firewall (nftables.service) is rapd's own ruleset with no
+  // ports: one owner for the rules, and nothing open before rapd runs.
+  const noPorts = join(BUILD, 'no-ports.json');
+  writeFileSync(noPorts, '{}\n');
+  const ruleset = (await sh([rapd, 'net', 'show', '--firewall', '--config', noPorts], { cleanEnv: true })).stdout;
+  writeFileSync(join(tree, 'etc/nftables.conf'), ruleset);
+
   // Empty in the image (every box has the same root): the initrd binds the
   // box's own id from the data partition over it (local-bottom/rapbox-machine-id);
   // if that fails, systemd uses a transient one (machine-id(5)).

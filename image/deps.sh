@@ -28,6 +28,7 @@ declare -A vm_tools=(
   [qemu-img]=qemu-utils
   [/usr/share/OVMF/OVMF_CODE_4M.fd]=ovmf
   [socat]=socat
+  [udhcpc]=udhcpc
 )
 declare -A integration_tools=(
   [ip]=iproute2

@@ -40,7 +40,19 @@ export interface VmOptions {
   forwards?: { guest: string; host: string }[];
   /** A second serial port (ttyS1 in the guest) to a file: a clean channel for test results. */
   resultsFile?: string;
+  /**
+   * Host tap devices (made by the caller) for the instrument ports, in order:
+   * the first becomes inst1 in the guest, and so on.
+   */
+  instrumentTaps?: string[];
 }
+
+/**
+ * PCI slots of the NICs, as on the reference box: the image's .link files
+ * name ports by these paths (rootfs-overlay/usr/lib/systemd/network/10-rapbox-*.link).
+ */
+export const WAN_PCI_SLOT = 0x10;
+export const MAX_INSTRUMENT_PORTS = 4;
 
 /** The QEMU argv for a VM (pure; unit-tested). */
 export function qemuArgv(o: VmOptions): string[] {
@@ -53,9 +65,18 @@ export function qemuArgv(o: VmOptions): string[] {
     '-drive', `file=${o.disk},format=${o.diskFormat ?? 'raw'},if=virtio${o.snapshot === false ? '' : ',snapshot=on'}`,
     // restrict=on: the guest reaches no host or outside address, only the
     // forwards listed explicitly.
-    '-nic', ['user', 'model=virtio-net-pci', 'restrict=on', ...(o.forwards ?? []).map((f) => `guestfwd=tcp:${f.guest}-cmd:socat STDIO TCP:${f.host}`)].join(','),
+    '-netdev', ['user', 'id=wan', 'restrict=on', ...(o.forwards ?? []).map((f) => `guestfwd=tcp:${f.guest}-cmd:socat STDIO TCP:${f.host}`)].join(','),
+    '-device', `virtio-net-pci,netdev=wan,addr=0x${WAN_PCI_SLOT.toString(16)}`,
     '-no-reboot',
   );
+  const taps = o.instrumentTaps ?? [];
+  if (taps.length > MAX_INSTRUMENT_PORTS) throw new Error(`at most ${MAX_INSTRUMENT_PORTS} instrument ports, got ${taps.length}`);
+  taps.forEach((tap, i) => {
+    argv.push(
+      '-netdev', `tap,id=inst${i + 1},ifname=${tap},script=no,downscript=no`,
+      '-device', `virtio-net-pci,netdev=inst${i + 1},addr=0x${(WAN_PCI_SLOT + 1 + i).toString(16)}`,
+    );
+  });
   if (o.serial === 'stdio') argv.push('-nographic');
   else argv.push('-display', 'none', '-serial', `file:${o.serial}`, '-monitor', 'none');
   if (o.resultsFile) argv.push('-serial', `file:${o.resultsFile}`);

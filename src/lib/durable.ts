@@ -2,7 +2,7 @@
 // directory. Without the last step a power cut can forget the rename even
 // though the data was flushed.
 
-import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fchmodSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
 export function fsyncDir(dir: string): void {
@@ -20,6 +20,9 @@ export function writeFileDurable(path: string, data: string | Buffer, mode = 0o6
   const tmp = join(dir, `.${basename(path)}.${process.pid}.tmp`);
   const fd = openSync(tmp, 'w', mode);
   try {
+    // Exactly `mode`, whatever the process umask (rapd runs with UMask=0077,
+    // and files other daemons read, like networkd's, must still be 0644).
+    fchmodSync(fd, mode);
     const buf = typeof data === 'string' ? Buffer.from(data) : data;
     let off = 0;
     while (off < buf.length) off += writeSync(fd, buf, off);

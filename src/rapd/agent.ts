@@ -134,14 +134,22 @@ export class PortAgent {
   private bind(): Promise<NodeJS.ErrnoException | null> {
     const { address, port } = this.cfg;
     return new Promise((resolve) => {
-      // Left in place after a success: a later error resolves nothing.
-      this.server.once('error', (e: NodeJS.ErrnoException) => resolve(e));
-      this.server.listen({ host: address, port, exclusive: true }, () => {
+      // Each attempt removes both of its listeners whichever fires, or the
+      // retries would pile them up on the server.
+      const onError = (e: NodeJS.ErrnoException): void => {
+        this.server.off('listening', onListening);
+        resolve(e);
+      };
+      const onListening = (): void => {
+        this.server.off('error', onError);
         this.listening = true;
         this.log.info('port agent listening', { listen: `${address}:${this.boundPort}`, ...(this.waitingSince === null ? {} : { waitedMs: this.now() - this.waitingSince }) });
         this.waitingSince = null;
         resolve(null);
-      });
+      };
+      this.server.once('error', onError);
+      this.server.once('listening', onListening);
+      this.server.listen({ host: address, port, exclusive: true });
     });
   }
 

@@ -15,6 +15,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { detectAccel, freshVars, overlayDisk, startVm } from '../../image/qemu.ts';
 import { makePki } from '../integration/helpers.ts';
+import { parseResults } from './results.ts';
 import { startCenter } from '../../src/center/server.ts';
 import { openCenterDb } from '../../src/center/db.ts';
 import { createLogger } from '../../src/lib/log.ts';
@@ -29,15 +30,6 @@ const CENTER_IN_GUEST = '10.0.2.100:443';
 const VM_DEVICE = 'box-vm';
 /** Left on the data partition by the first boot, looked for by the second. */
 const MARKER = `written by the first boot ${process.pid}`;
-
-/** Parse RAPBOX-RESULT lines from the serial log (escapes and kernel noise around them). */
-export function parseResults(serial: string): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const m of serial.matchAll(/RAPBOX-RESULT ([a-z-]+) ([A-Za-z0-9+/=]*)/g)) {
-    out.set(m[1]!, Buffer.from(m[2]!, 'base64').toString('utf8'));
-  }
-  return out;
-}
 
 function props(text: string): Record<string, string> {
   return Object.fromEntries(

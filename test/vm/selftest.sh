@@ -63,6 +63,35 @@ if [ -f "$cred/rapbox.telemetry.config" ]; then
   out telemetry-journal "$(journalctl -u rapd.service -b --no-pager -o cat 2>&1 | tail -30)"
 fi
 
+# Instrument ports: the host test drives instruments in network namespaces
+# behind the box's instrument NICs. Wait (bounded) until the instrument on
+# each named port has said goodbye (the host finishes with the last port,
+# after all its probes), then report what the ports, the firewall and the
+# WAN look like from inside.
+if [ -f "$cred/rapbox.wait-ports" ]; then
+  bound=420
+  [ -f "$cred/rapbox.wait-bound" ] && bound=$(cat "$cred/rapbox.wait-bound")
+  deadline=$(( $(date +%s) + bound ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    log=$(journalctl -u rapd.service -b --no-pager -o cat 2>/dev/null)
+    ok=1
+    for p in $(cat "$cred/rapbox.wait-ports"); do
+      printf '%s' "$log" | grep -qF "\"msg\":\"instrument-bye\",\"port\":\"$p\"" || ok=0
+    done
+    [ "$ok" = 1 ] && break
+    sleep 3
+  done
+  out ports-status "$(timeout 20 rapctl status --json 2>&1)"
+  out ip-addr "$(ip -br addr 2>&1)"
+  out networkctl "$(networkctl list --no-pager 2>&1)"
+  out nft "$(nft list ruleset 2>&1)"
+  out ip-forward "$(cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/inst1/forwarding 2>&1)"
+  # The WAN side the instruments must not reach is reachable from the box itself.
+  out box-to-wan "$(timeout 10 bash -c 'exec 3<>/dev/tcp/10.0.2.100/443 && head -c 64 <&3' 2>&1)"
+  out networkd-journal "$(journalctl -u systemd-networkd.service -b --no-pager -o cat 2>&1 | tail -30)"
+  out rapd-journal-ports "$(journalctl -u rapd.service -b --no-pager -o cat 2>&1 | tail -30)"
+fi
+
 printf 'RAPBOX-SELFTEST-END\n' >"$results"
 echo 'rapbox self-test: done, powering off' >/dev/console
 systemctl poweroff --no-block

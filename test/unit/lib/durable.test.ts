@@ -16,3 +16,14 @@ t.test('a missing directory fails and leaves nothing behind', async (t) => {
   t.throws(() => writeFileDurable(join(dir, 'no/such/file'), 'x'), { code: 'ENOENT' });
   t.same(readdirSync(dir), []);
 });
+
+t.test('the mode asked for is the mode made, whatever the umask (rapd runs with UMask=0077)', async (t) => {
+  const dir = t.testdir({});
+  const old = process.umask(0o077);
+  try {
+    writeFileDurable(join(dir, 'for-networkd.network'), '[Match]\n', 0o644);
+  } finally {
+    process.umask(old);
+  }
+  t.equal(statSync(join(dir, 'for-networkd.network')).mode & 0o777, 0o644);
+});

@@ -1,0 +1,10 @@
+// The host side of test/vm/selftest.sh's result channel (ttyS1).
+
+/** Parse RAPBOX-RESULT lines from the results log (escapes and kernel noise around them). */
+export function parseResults(serial: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const m of serial.matchAll(/RAPBOX-RESULT ([a-z-]+) ([A-Za-z0-9+/=]*)/g)) {
+    out.set(m[1]!, Buffer.from(m[2]!, 'base64').toString('utf8'));
+  }
+  return out;
+}
