@@ -15,7 +15,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { detectAccel, freshVars, overlayDisk, startVm } from '../../image/qemu.ts';
 import { makePki } from '../integration/helpers.ts';
-import { parseResults } from './results.ts';
+import { parseResults, waitForExit } from './results.ts';
 import { startCenter } from '../../src/center/server.ts';
 import { openCenterDb } from '../../src/center/db.ts';
 import { createLogger } from '../../src/lib/log.ts';
@@ -101,11 +101,7 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
   t.teardown(() => vm.kill());
 
   // The guest powers off after printing its results; QEMU then exits (-no-reboot).
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), BOOT_BOUND_MS)));
-  const outcome = await Promise.race([vm.exited, bound]);
-  clearTimeout(timer);
-  vm.kill();
+  const outcome = await waitForExit(vm, BOOT_BOUND_MS);
   const log = readFileSync(results, 'latin1');
   const seconds = (Date.now() - started) / 1000;
   if (outcome === 'timeout') t.fail(`no poweroff within ${BOOT_BOUND_MS / 1000} s; serial log: ${serial}`);
@@ -197,10 +193,7 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
     credentials: selftestCredentials,
   });
   t.teardown(() => vm2.kill());
-  const bound2 = new Promise<'timeout'>((res) => (timer = setTimeout(() => res('timeout'), BOOT_BOUND_MS)));
-  const outcome2 = await Promise.race([vm2.exited, bound2]);
-  clearTimeout(timer);
-  vm2.kill();
+  const outcome2 = await waitForExit(vm2, BOOT_BOUND_MS);
   if (outcome2 === 'timeout') t.fail(`second boot: no poweroff within ${BOOT_BOUND_MS / 1000} s; serial log: ${serial2}`);
   const r2 = parseResults(readFileSync(results2, 'latin1'));
   t.equal(r2.get('system-state'), 'running', 'second boot: running (not degraded)');

@@ -18,7 +18,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { detectAccel, freshVars, overlayDisk, startVm } from '../../image/qemu.ts';
 import { run } from '../../src/lib/run.ts';
-import { parseResults } from './results.ts';
+import { parseResults, waitForExit } from './results.ts';
 
 const REPO = join(import.meta.dirname, '../..');
 const IMAGE = process.env['RAPBOX_IMAGE'] ?? join(REPO, 'out/rapbox.img');
@@ -140,7 +140,7 @@ t.test('instruments on their ports get an address, reach rapd, and nothing else'
   t.ok(l2, 'instrument 2 got a DHCP lease from the box');
   if (!l1 || !l2) {
     // Let the guest report what it sees before giving up (its wait is bounded).
-    await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 8 * 60_000))]);
+    await waitForExit(vm, 8 * 60_000);
     const r = parseResults(readFileSync(results, 'latin1'));
     for (const k of ['failed-units', 'ip-addr', 'networkctl', 'networkd-journal', 'rapd-journal-ports']) t.comment(`${k}: ${r.get(k)}`);
     return;
@@ -188,11 +188,7 @@ t.test('instruments on their ports get an address, reach rapd, and nothing else'
   // Last: instrument 2 talks to rapd; its goodbye tells the guest we are done.
   t.equal((await sim(inst[1]!))?.acked, 3, 'instrument 2 reached rapd on its own gateway');
 
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), BOOT_BOUND_MS)));
-  const outcome = await Promise.race([vm.exited, bound]);
-  clearTimeout(timer);
-  vm.kill();
+  const outcome = await waitForExit(vm, BOOT_BOUND_MS);
   if (outcome === 'timeout') t.fail(`no poweroff within ${BOOT_BOUND_MS / 1000} s; serial log: ${serial}`);
   const r = parseResults(readFileSync(results, 'latin1'));
   t.equal(r.get('system-state'), 'running', 'the box is running, not degraded');

@@ -8,3 +8,16 @@ export function parseResults(serial: string): Map<string, string> {
   }
   return out;
 }
+
+/**
+ * Wait for QEMU to exit (the guest powers off, or reboots under -no-reboot),
+ * at most `boundMs`; the VM is killed either way.
+ */
+export async function waitForExit(vm: { exited: Promise<unknown>; kill(): void }, boundMs: number): Promise<'exited' | 'timeout'> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), boundMs)));
+  const outcome = await Promise.race([vm.exited.then(() => 'exited' as const), bound]);
+  clearTimeout(timer);
+  vm.kill();
+  return outcome;
+}

@@ -10,6 +10,7 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { detectAccel, freshVars, overlayDisk, startVm } from '../../image/qemu.ts';
 import { run } from '../../src/lib/run.ts';
+import { waitForExit } from './results.ts';
 
 const REPO = join(import.meta.dirname, '../..');
 const IMAGE = process.env['RAPBOX_IMAGE'] ?? join(REPO, 'out/rapbox.img');
@@ -45,11 +46,7 @@ t.test('a changed byte in the root slot stops the boot with a dm-verity error', 
   });
   t.teardown(() => vm.kill());
   // panic=10 reboots 10 s after the panic, and QEMU runs with -no-reboot: it exits.
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), BOOT_BOUND_MS)));
-  const outcome = await Promise.race([vm.exited, bound]);
-  clearTimeout(timer);
-  vm.kill();
+  const outcome = await waitForExit(vm, BOOT_BOUND_MS);
   const log = readFileSync(serial, 'latin1');
   t.not(outcome, 'timeout', `the box stopped by itself within ${BOOT_BOUND_MS / 1000} s (console: ${serial})`);
   t.match(log, /rapbox: opening root slot with dm-verity/, 'the initrd opened slot A through dm-verity');
