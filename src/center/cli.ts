@@ -4,7 +4,7 @@
 
 import { readFileSync, statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { RapError, errorMessage, isRapError } from '../lib/errors.ts';
+import { RapError, errorLine, errorMessage, isRapError } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
 import { run, type Runner } from '../lib/run.ts';
 import { RAPD_VERSION } from '../rapd/version.ts';
@@ -238,7 +238,7 @@ export async function centerMain(args: string[], io: Io, deps: CliDeps = { run }
       io.err(`rap-center: ${e.message}\n${USAGE}\n`);
       return 2;
     }
-    io.err(`rap-center: ${isRapError(e) ? `${e.code}: ${e.message}` : errorMessage(e)}\n`);
+    io.err(`rap-center: ${errorLine(e)}\n`);
     return 1;
   }
 }

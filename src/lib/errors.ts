@@ -42,6 +42,11 @@ export function isRapError(e: unknown, code?: RapErrorCode): e is RapError {
   return e instanceof RapError && (code === undefined || e.code === code);
 }
 
+/** "CODE: message" for a RapError (the code is what scripts and tests match), else the message. */
+export function errorLine(e: unknown): string {
+  return isRapError(e) ? `${e.code}: ${e.message}` : errorMessage(e);
+}
+
 /** The message of anything thrown, for one-line error reports. */
 export function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);

@@ -3,7 +3,7 @@
 // `rapd ctl ...` it is the operator CLI; otherwise it is the daemon.
 
 import { basename } from 'node:path';
-import { errorMessage, isRapError } from '../lib/errors.ts';
+import { errorLine, errorMessage } from '../lib/errors.ts';
 import { createLogger } from '../lib/log.ts';
 import { run } from '../lib/run.ts';
 import { rapctlMain } from '../rapctl/main.ts';
@@ -78,7 +78,7 @@ async function daemonMain(args: string[]): Promise<number> {
     return 0;
   } catch (e) {
     // One clear line on stderr (journald keeps it) and a non-zero exit.
-    return fatal(isRapError(e) ? `${e.code}: ${e.message}` : errorMessage(e));
+    return fatal(errorLine(e));
   }
 }
 

@@ -1,7 +1,7 @@
 // `rapd net show`: what rapd would apply for a configuration, for site IT to
 // review and for the image build. Pure rendering; changes nothing.
 
-import { errorMessage, isRapError } from '../lib/errors.ts';
+import { errorLine } from '../lib/errors.ts';
 import { DEFAULT_CONFIG_PATH, loadConfig } from './config.ts';
 import { firewallPolicy, renderFirewall } from './firewall.ts';
 import { describePorts, renderNetworkFiles } from './network.ts';
@@ -39,7 +39,7 @@ export function netShow(args: string[], io: Io): number {
   try {
     config = loadConfig(configPath);
   } catch (e) {
-    io.err(`rapd: ${isRapError(e) ? `${e.code}: ${e.message}` : errorMessage(e)}\n`);
+    io.err(`rapd: ${errorLine(e)}\n`);
     return 1;
   }
   const ruleset = renderFirewall(firewallPolicy(config));
