@@ -73,8 +73,10 @@ function checkStateDir(dir: string, record: string): void {
 async function applyNetwork(deps: DaemonDeps, now: () => Date): Promise<NetworkReport | null> {
   const { config, paths, log } = deps;
   if (netPorts(config).length === 0) return null;
-  const run = deps.run ?? realRun;
-  const fw = deps.firewall ?? nftAdaptor((argv, opts) => run(argv, { ...opts, onStart: (cmd) => log.debug('run', { cmd }) }));
+  const door = deps.run ?? realRun;
+  // nft and networkctl alike: the command line in the debug log.
+  const run: Runner = (argv, opts) => door(argv, { ...opts, onStart: (cmd) => log.debug('run', { cmd }) });
+  const fw = deps.firewall ?? nftAdaptor(run);
   const state = await applyFirewall(fw, renderFirewall(firewallPolicy(config)));
   const files = renderNetworkFiles(config);
   const applied = await applyNetworkFiles(paths.networkd, files, run);
