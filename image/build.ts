@@ -21,9 +21,11 @@ import {
   mkdirSync,
   readFileSync,
   readdirSync,
+  renameSync,
   rmSync,
   statSync,
   symlinkSync,
+  truncateSync,
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
@@ -249,8 +251,8 @@ async function buildRoot(tree: string, epoch: number): Promise<RootSlotImage> {
   // slot stays one partition (and one OTA payload). Salt and UUID are derived,
   // not random: the same tree gives the same root hash.
   const hashOffset = Math.ceil(statSync(sqfs).size / VERITY_BLOCK) * VERITY_BLOCK;
-  await sh(['truncate', '-s', String(hashOffset), sqfs]);
-  await sh(['mv', sqfs, img]);
+  truncateSync(sqfs, hashOffset);
+  renameSync(sqfs, img);
   const out = await sh([
     'veritysetup', 'format', img, img,
     `--hash-offset=${hashOffset}`,
@@ -380,19 +382,9 @@ async function buildDisk(layout: Partition[], images: Map<string, string>): Prom
 
 /** Hash of everything the image is made from, to skip a build with no changes. */
 function inputStamp(baseTar: string, rapdSha: string, epoch: number): string {
-  let files: string[] = [];
-  const walk = (dir: string): void => {
-    for (const n of readdirSync(dir).sort()) {
-      const p = join(dir, n);
-      if (statSync(p).isDirectory()) walk(p);
-      else files.push(p);
-    }
-  };
-  walk(join(REPO, 'rootfs-overlay'));
-  walk(join(REPO, 'image'));
   // Tools that do not shape the image's bytes (out/rapd is hashed separately).
   const notInputs = new Set(['image/qemu.ts', 'image/deps.sh', 'image/sea.ts', 'image/readme-settings.ts']);
-  files = files.filter((f) => !notInputs.has(relative(REPO, f)));
+  const files = [...listFiles(join(REPO, 'rootfs-overlay')), ...listFiles(join(REPO, 'image'))].filter((f) => !notInputs.has(relative(REPO, f)));
   const h = createHash('sha256').update(`${baseTar}\0${rapdSha}\0${epoch}\0`);
   for (const f of files) h.update(relative(REPO, f)).update('\0').update(String(statSync(f).mode & 0o111)).update(readFileSync(f));
   return h.digest('hex');
