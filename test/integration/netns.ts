@@ -34,6 +34,12 @@ export interface Lab {
   probe(ns: string, host: string, port: number, ms?: number): Promise<string>;
 }
 
+/** From namespace `ns`: "connected NAME", "refused" or "timeout" (bounded by ms). */
+export async function probe(ns: string, host: string, port: number, ms = 1500): Promise<string> {
+  const r = await run(['ip', 'netns', 'exec', ns, process.execPath, PROBE, 'connect', host, String(port), String(ms)], { okCodes: [0, 1], timeoutMs: ms + 10_000 });
+  return r.stdout.trim();
+}
+
 export const ADDR = {
   gw1: '100.87.0.1',
   inst1: '100.87.0.2',
@@ -112,9 +118,6 @@ export async function makeLab(t: Test, opts: { boxAddresses?: boolean } = {}): P
         });
       });
     },
-    async probe(n, host, port, ms = 1500) {
-      const r = await run(['ip', 'netns', 'exec', n, process.execPath, PROBE, 'connect', host, String(port), String(ms)], { okCodes: [0, 1], timeoutMs: ms + 10_000 });
-      return r.stdout.trim();
-    },
+    probe,
   };
 }

@@ -12,12 +12,14 @@
 // exposes to the guest as 10.0.2.100:443.
 
 import t from 'tap';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { detectAccel, freshVars, overlayDisk, startVm } from '../../image/qemu.ts';
 import { run } from '../../src/lib/run.ts';
+import { probe } from '../integration/netns.ts';
 import { parseResults, waitForExit } from './results.ts';
 
 const REPO = join(import.meta.dirname, '../..');
@@ -154,15 +156,12 @@ t.test('instruments on their ports get an address, reach rapd, and nothing else'
   // An instrument that routes everything through the box on purpose.
   for (const i of inst) await sh(['ip', '-n', i.ns, 'route', 'add', 'default', 'via', i.gw]);
   // A listener on instrument 2 that instrument 1 must not reach.
-  const { spawn } = await import('node:child_process');
   const listener = spawn('ip', ['netns', 'exec', inst[1]!.ns, process.execPath, PROBE, 'listen', 'inst2', `${l2[1]}:9100`], { stdio: ['ignore', 'pipe', 'ignore'] });
   t.teardown(() => void (listener.exitCode === null && listener.kill('SIGKILL')));
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('instrument 2 listener not ready')), 10_000);
     listener.stdout!.on('data', (b: Buffer) => b.toString().includes('ready') && (clearTimeout(timer), resolve()));
   });
-  const probe = async (ns: string, host: string, port: number): Promise<string> =>
-    (await run(['ip', 'netns', 'exec', ns, process.execPath, PROBE, 'connect', host, String(port), '3000'], { okCodes: [0, 1], timeoutMs: 20_000 })).stdout.trim();
   const sim = async (i: (typeof inst)[number]): Promise<{ acked: number } | null> => {
     const r = await run(
       ['ip', 'netns', 'exec', i.ns, RAPD, 'ctl', 'instrument-sim', '--connect', `${i.gw}:7400`, '--serial', i.serial, '--model', 'DxH-900', '--count', '3', '--json'],
@@ -177,13 +176,14 @@ t.test('instruments on their ports get an address, reach rapd, and nothing else'
   };
 
   t.equal((await sim(inst[0]!))?.acked, 3, 'instrument 1 reached rapd on its own gateway: 3 messages acknowledged');
-  t.equal(await probe(inst[1]!.ns, l2[1]!, 9100), 'connected inst2', 'control: instrument 2 listener answers locally');
+  t.equal(await probe(inst[1]!.ns, l2[1]!, 9100, 3000), 'connected inst2', 'control: instrument 2 listener answers locally');
   const i1 = inst[0]!.ns;
-  t.not(await probe(i1, GW2, 7400), 'connected', 'instrument 1 cannot reach port p2\'s gateway');
-  t.not(await probe(i1, l2[1]!, 9100), 'connected', 'instrument 1 cannot reach instrument 2');
-  t.not(await probe(i1, GW1, 22), 'connected', 'instrument 1 reaches nothing but rapd on its gateway (port 22)');
-  t.not(await probe(i1, BOX_WAN, 7400), 'connected', "instrument 1 cannot reach the box's WAN address");
-  t.not(await probe(i1, WAN_SERVER_IN_GUEST.split(':')[0]!, 443), 'connected', 'instrument 1 cannot reach a server on the WAN through the box');
+  // Dropped, not refused: the firewall answers nothing.
+  t.equal(await probe(i1, GW2, 7400, 3000), 'timeout', 'instrument 1 cannot reach port p2\'s gateway');
+  t.equal(await probe(i1, l2[1]!, 9100, 3000), 'timeout', 'instrument 1 cannot reach instrument 2');
+  t.equal(await probe(i1, GW1, 22, 3000), 'timeout', 'instrument 1 reaches nothing but rapd on its gateway (port 22)');
+  t.equal(await probe(i1, BOX_WAN, 7400, 3000), 'timeout', "instrument 1 cannot reach the box's WAN address");
+  t.equal(await probe(i1, WAN_SERVER_IN_GUEST.split(':')[0]!, 443, 3000), 'timeout', 'instrument 1 cannot reach a server on the WAN through the box');
   t.same(wanHits, [], 'the WAN server saw no connection from an instrument');
   // Last: instrument 2 talks to rapd; its goodbye tells the guest we are done.
   t.equal((await sim(inst[1]!))?.acked, 3, 'instrument 2 reached rapd on its own gateway');
