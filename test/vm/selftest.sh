@@ -69,9 +69,7 @@ fi
 # after all its probes), then report what the ports, the firewall and the
 # WAN look like from inside.
 if [ -f "$cred/rapbox.wait-ports" ]; then
-  bound=420
-  [ -f "$cred/rapbox.wait-bound" ] && bound=$(cat "$cred/rapbox.wait-bound")
-  deadline=$(( $(date +%s) + bound ))
+  deadline=$(( $(date +%s) + 420 ))
   while [ "$(date +%s)" -lt "$deadline" ]; do
     log=$(journalctl -u rapd.service -b --no-pager -o cat 2>/dev/null)
     ok=1
