@@ -23,7 +23,7 @@ npm_deps() {
   if ! command -v npm >/dev/null 2>&1; then
     # Debian's nodejs package ships without npm.
     echo "==> installing npm (Debian package)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq npm >/dev/null
   fi
   echo "==> npm ci (pinned dependencies, Node $(node --version) for tooling)"
   npm ci --no-audit --no-fund --loglevel=error

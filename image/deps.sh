@@ -65,6 +65,9 @@ if [[ $(id -u) != 0 ]]; then
 fi
 echo "==> installing build dependencies: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Parallel make targets (or two checkouts on one machine) may install at the same
+# time: wait for dpkg's lock instead of failing on it.
+apt=(apt-get -o DPkg::Lock::Timeout=600)
 # An apt index that was never fetched makes every install fail; refresh once.
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+"${apt[@]}" update -qq
+"${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
