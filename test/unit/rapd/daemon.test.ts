@@ -77,7 +77,7 @@ t.test('a bad control request gets an error answer, not a crash', async (t) => {
   const d = await startDaemon({ config, paths, log, notifier: recordingNotifier().n });
   t.teardown(() => d.stop('test'));
   const res = await callControl(paths.controlSocket, { method: 'bogus' as 'status' });
-  t.same(res, { ok: false, error: { code: 'RAP_CONTROL', message: 'unknown method "bogus" (known: status)' } });
+  t.same(res, { ok: false, error: { code: 'RAP_CONTROL', message: 'unknown method "bogus" (known: status, audit.read, audit.verify)' } });
 });
 
 t.test('unwritable state directory fails before anything listens', async (t) => {
