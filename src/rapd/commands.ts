@@ -184,7 +184,8 @@ export class CommandRouter {
     try {
       verified = verifyCommand(raw, this.policy, now, this.replay);
       if (!this.handlers.has(verified.cmd.type)) {
-        throw new RapError('RAP_CMD_UNKNOWN_TYPE', `command ${verified.cmd.id}: no handler for type '${verified.cmd.type}' (known: ${this.types().join(', ')})`);
+        const { id, type, keyId } = verified.cmd;
+        throw new RapError('RAP_CMD_UNKNOWN_TYPE', `command ${id}: no handler for type '${type}' (known: ${this.types().join(', ')})`, { id, type, keyId });
       }
     } catch (e) {
       if (!isRapError(e) || !e.code.startsWith('RAP_CMD_')) throw e;

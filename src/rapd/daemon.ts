@@ -119,8 +119,9 @@ async function auditConfig(audit: AuditLog, config: Config): Promise<void> {
   const last = audit.last('config.changed');
   if (last?.details['sha256'] === sha256) return;
   const before = (last?.details['config'] ?? {}) as Record<string, unknown>;
-  const changedKeys = Object.keys(shown).filter((k) => canonicalJson(shown[k]) !== canonicalJson(before[k] ?? null));
-  await audit.append({ actor: 'rapd', action: 'config.changed', outcome: 'ok', details: { sha256, changedKeys, config: shown } });
+  // The first record has nothing to compare with: it lists no changed keys, only the config.
+  const changedKeys = last ? Object.keys(shown).filter((k) => canonicalJson(shown[k]) !== canonicalJson(before[k] ?? null)) : [];
+  await audit.append({ actor: 'rapd', action: 'config.changed', outcome: 'ok', details: { sha256, first: last === null, changedKeys, config: shown } });
 }
 
 export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
