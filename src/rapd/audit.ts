@@ -111,6 +111,8 @@ export class AuditLog implements AuditSink {
   private immediate: NodeJS.Immediate | null = null;
   private readonly listeners = new Set<(r: AuditRecord) => void>();
   private closed = false;
+  /** Group commits done (writes + fsyncs), for tests and status. */
+  flushes = 0;
   /** What open() found: torn tail cut, chain problems. */
   readonly recovered: string | null;
   readonly openProblem: ChainProblem | null;
@@ -243,6 +245,7 @@ export class AuditLog implements AuditSink {
       return;
     }
     this.size = before + buf.length;
+    this.flushes++;
     for (const p of batch) {
       this.lastByAction.set(p.record.action, p.record);
       p.resolve(p.record);
