@@ -2,7 +2,7 @@
 // Returns the exit code: 0 ok, 1 a failure (one line on stderr), 2 a usage
 // error. Only `serve` keeps running; it stops on SIGTERM/SIGINT.
 
-import { mkdirSync, readFileSync, statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { RapError, errorLine, errorMessage, isRapError } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
@@ -307,7 +307,6 @@ function commandKey(args: string[], io: Io): number {
   if (sub !== 'generate') throw new Usage(sub === undefined ? 'command-key needs a subcommand (generate)' : `unknown command-key subcommand '${sub}'`);
   const { values } = parse(rest, { dir: { type: 'string' }, id: { type: 'string' } });
   const dir = required(values, 'dir');
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
   const k = generateCommandKey(dir, required(values, 'id'));
   io.out(`command key ${required(values, 'id')}
   secret key  ${k.keyFile} (0600; for serve --command-key)

@@ -9,7 +9,7 @@
 // none is ever committed.
 
 import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import nacl from 'tweetnacl';
 import type WebSocket from 'ws';
@@ -35,6 +35,7 @@ export function generateCommandKey(dir: string, id: string): { keyFile: string; 
   if (!KEY_ID.test(id)) throw new RapError('RAP_USAGE', `key id '${id}': expected 1-64 letters, digits, ".", "_" or "-"`);
   const keyFile = join(dir, `${id}.key`);
   const pubFile = join(dir, `${id}.pub`);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   if (existsSync(keyFile)) throw new RapError('RAP_PKI', `${keyFile} exists; a command key is never overwritten (pick a new id to rotate)`, { keyFile });
   const kp = nacl.sign.keyPair();
   const publicKey = Buffer.from(kp.publicKey).toString('base64');
