@@ -363,13 +363,8 @@ export async function forwardAudit(audit: AuditLog, store: AuditStore, log: Logg
   const head = audit.headNow();
   const truncated = anchor !== null && (head?.seq ?? 0) < anchor.seq;
   if (!truncated) {
-    let after = anchor?.seq ?? 0;
-    for (;;) {
-      const batch = audit.read(after, 1000);
-      if (batch.length === 0) break;
-      for (const r of batch) queue(r);
-      after = batch[batch.length - 1]!.seq;
-    }
+    // Usually nothing or a few records; one pass over the file either way.
+    for (const r of audit.read(anchor?.seq ?? 0, Number.MAX_SAFE_INTEGER)) queue(r);
   }
   const unsubscribe = audit.onAppend(queue);
   if (truncated) {

@@ -137,6 +137,8 @@ export class CommandChannel {
     this.ws = ws;
     let opened = false;
     let alive = true;
+    // The first error of this attempt says why; later ones ("closed before established") only follow from it.
+    let attemptError: string | null = null;
     ws.on('open', () => {
       opened = true;
       this.st.state = 'connected';
@@ -165,12 +167,12 @@ export class CommandChannel {
       this.onFrame(data.toString());
     });
     ws.on('unexpected-response', (_req, res) => {
-      ws.emit('error', new Error(`center answered ${res.statusCode} to the WebSocket upgrade`));
+      attemptError ??= `center answered ${res.statusCode} to the WebSocket upgrade`;
       res.resume();
       ws.terminate();
     });
     ws.on('error', (e) => {
-      this.st.lastError = errorMessage(e);
+      attemptError ??= errorMessage(e);
     });
     ws.on('close', (code) => {
       if (this.pinger) clearInterval(this.pinger);
@@ -178,8 +180,9 @@ export class CommandChannel {
       if (this.ws === ws) this.ws = null;
       this.st.connectedSince = null;
       if (!this.running) return;
-      if (opened) this.log.warn('command channel closed; reconnecting', { code, error: this.st.lastError });
-      this.failed(new Error(this.st.lastError ?? `closed (${code})`));
+      const why = attemptError ?? `closed (${code})`;
+      if (opened) this.log.warn('command channel closed; reconnecting', { code, error: why });
+      this.failed(new Error(why));
     });
   }
 

@@ -15,7 +15,7 @@ import { redactConfig, type Config } from './config.ts';
 import { AuditLog, forwardAudit, readAnchor } from './audit.ts';
 import { CommandChannel } from './channel.ts';
 import { CommandRouter, registerBuiltins, trustedKeys } from './commands.ts';
-import type { AuditRecord } from '../protocol/audit.ts';
+import type { AuditEvent, AuditRecord } from '../protocol/audit.ts';
 import { startControlServer, type ControlServer } from './control.ts';
 import { PortAgent } from './agent.ts';
 import { FIREWALL_TABLE, applyFirewall, firewallPolicy, nftAdaptor, renderFirewall, type FirewallAdaptor } from './firewall.ts';
@@ -89,10 +89,10 @@ async function applyNetwork(deps: DaemonDeps, now: () => Date, audit: AuditLog):
   try {
     state = await applyFirewall(fw, ruleset);
   } catch (e) {
-    await audit.append({ actor: 'rapd', action: 'firewall.applied', outcome: 'error', details: { table: FIREWALL_TABLE, sha256, error: errorMessage(e) } });
+    await auditOrLog(audit, log, { actor: 'rapd', action: 'firewall.applied', outcome: 'error', details: { table: FIREWALL_TABLE, sha256, error: errorMessage(e) } });
     throw e;
   }
-  await audit.append({ actor: 'rapd', action: 'firewall.applied', outcome: 'ok', details: { table: FIREWALL_TABLE, sha256, chains: state.chains.length, rules: state.rules } });
+  await auditOrLog(audit, log, { actor: 'rapd', action: 'firewall.applied', outcome: 'ok', details: { table: FIREWALL_TABLE, sha256, chains: state.chains.length, rules: state.rules } });
   const files = renderNetworkFiles(config);
   const applied = await applyNetworkFiles(paths.networkd, files, run);
   log.info('instrument ports configured', {
@@ -113,7 +113,17 @@ async function applyNetwork(deps: DaemonDeps, now: () => Date, audit: AuditLog):
  * redacted before anything is hashed or recorded (a hash of a proxy password
  * could be guessed offline), so a change of a secret alone is not seen.
  */
-async function auditConfig(audit: AuditLog, config: Config): Promise<void> {
+/**
+ * Record what rapd did at start. A record that cannot be written (data
+ * partition full, I/O error) is logged and does not stop the start: the
+ * firewall and the telemetry matter more than their record. Commands are
+ * different: without their record they do not run (commands.ts).
+ */
+async function auditOrLog(audit: AuditLog, log: Logger, event: AuditEvent): Promise<void> {
+  await audit.append(event).catch((e: unknown) => log.error('audit record not written', { action: event.action, error: errorMessage(e) }));
+}
+
+async function auditConfig(audit: AuditLog, log: Logger, config: Config): Promise<void> {
   const shown = redactConfig(config);
   const sha256 = createHash('sha256').update(canonicalJson(shown)).digest('hex');
   const last = audit.last('config.changed');
@@ -121,7 +131,7 @@ async function auditConfig(audit: AuditLog, config: Config): Promise<void> {
   const before = (last?.details['config'] ?? {}) as Record<string, unknown>;
   // The first record has nothing to compare with: it lists no changed keys, only the config.
   const changedKeys = last ? Object.keys(shown).filter((k) => canonicalJson(shown[k]) !== canonicalJson(before[k] ?? null)) : [];
-  await audit.append({ actor: 'rapd', action: 'config.changed', outcome: 'ok', details: { sha256, first: last === null, changedKeys, config: shown } });
+  await auditOrLog(audit, log, { actor: 'rapd', action: 'config.changed', outcome: 'ok', details: { sha256, first: last === null, changedKeys, config: shown } });
 }
 
 export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
@@ -151,7 +161,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   for (const r of accepted) router.rememberFromAudit(r);
   let network: NetworkReport | null;
   try {
-    await auditConfig(audit, config);
+    await auditConfig(audit, log, config);
     network = await applyNetwork(deps, now, audit);
   } catch (e) {
     await audit.close();

@@ -218,6 +218,19 @@ t.test('a restart keeps the replay window closed, continues the chain, and recon
   const cmd = signCommand(command(l.k1, { args: { once: true } }), l.k1.secretKey);
   t.match(await l.center.commands.sendRaw(DEVICE, cmd, WAIT_MS), { status: 'ok' });
   const before = await auditOf(box);
+
+  // rapctl audit --follow prints what is there, then each new record as it is written.
+  const follow = spawn(rapd, ['ctl', '--socket', box.socket, 'audit', '--follow', '--json'], { env: { PATH: '/usr/bin:/bin' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => void follow.kill('SIGKILL'));
+  let followed = '';
+  follow.stdout!.on('data', (b: Buffer) => (followed += b.toString()));
+  await until('follow printed the existing records', () => followed.split('\n').length > before.length);
+  const live = await l.center.commands.send(DEVICE, { type: 'ping', args: { live: true } }, WAIT_MS);
+  await until('follow printed the new command', () => followed.includes(live.id));
+  follow.kill('SIGTERM');
+  const seqs = followed.trim().split('\n').map((x) => (JSON.parse(x) as { seq: number }).seq);
+  t.same(seqs, seqs.map((_, i) => i + 1), 'each record once, in order');
+
   t.equal(await box.stop(), 0, 'clean stop');
   box = await startBox(t, l, 'box');
   await until('channel back', async () => (await box.status()).channel?.state === 'connected');
