@@ -1,6 +1,6 @@
 import t from 'tap';
 import nacl from 'tweetnacl';
-import { MalformedCommand, parseCommand, signCommand, signatureValid, signingBytes, type CommandBody } from '../../../src/protocol/commands.ts';
+import { MalformedCommand, parseBoxFrame, parseCommand, signCommand, signatureValid, signingBytes, type CommandBody } from '../../../src/protocol/commands.ts';
 
 const body: CommandBody = {
   v: 1,
@@ -57,4 +57,15 @@ t.test('parseCommand names the bad field', async (t) => {
   }
   t.throws(() => parseCommand([]), { message: 'command: expected a JSON object' });
   t.same(parseCommand({ ...body }).sig, undefined, 'no sig: parsed, left for the unsigned check');
+});
+
+t.test('frames from the box: hello and result parsed, anything else named', async (t) => {
+  t.same(parseBoxFrame('{"t":"hello","device":"box-1","version":"1","auditHead":null}'), { t: 'hello', device: 'box-1', version: '1', auditHead: null });
+  t.same(parseBoxFrame('{"t":"result","id":"c1","status":"ok","result":{"x":1}}'), { t: 'result', id: 'c1', status: 'ok', result: { x: 1 } });
+  t.same(parseBoxFrame('{"t":"result","id":"c1","status":"rejected","error":{"code":"RAP_CMD_EXPIRED","message":"m"}}').t, 'result');
+  t.throws(() => parseBoxFrame('nope'), { message: /^frame: not valid JSON/ });
+  t.throws(() => parseBoxFrame('{"t":"command"}'), { message: 'frame.t: expected "hello" or "result", got "command"' });
+  t.throws(() => parseBoxFrame('{"t":"result","id":"c1","status":"done"}'), { message: /^result\.status: / });
+  t.throws(() => parseBoxFrame('{"t":"result","id":"c1","status":"error","error":"x"}'), { message: /^result\.error: / });
+  t.throws(() => parseBoxFrame('{"t":"hello","device":"","version":"1","auditHead":null}'), { message: /^hello\.device: / });
 });
