@@ -189,3 +189,20 @@ t.test('forwarding: a file shorter than the anchor is recorded as truncated, and
   t.match(log2.verify(JSON.parse(store.meta(ANCHOR_KEY)!)), { ok: false, anchorProblem: /record 4 differs|truncated/ });
   await log2.close();
 });
+
+t.test('regression: a torn tail that ends inside a multi-byte character is cut at the exact byte', async (t) => {
+  const path = setup(t);
+  const log = await filled(path, 1);
+  await log.append({ actor: 'rapd', action: 'a.b', outcome: 'ok', details: { who: 'Dr. Müller' } });
+  await log.close();
+  const good = readFileSync(path);
+  // Half of the two bytes of "ü": decoding as text would count a 3-byte replacement character.
+  const torn = Buffer.concat([Buffer.from('{"details":{"who":"M'), Buffer.from('ü').subarray(0, 1)]);
+  appendFileSync(path, torn);
+  const again = AuditLog.open({ path, log: quiet, now });
+  t.match(again.recovered, new RegExp(`torn tail of ${torn.length} bytes`));
+  await new Promise((r) => setImmediate(r));
+  await again.close();
+  t.ok(readFileSync(path).subarray(0, good.length).equals(good), 'complete records byte for byte');
+  t.match(verifyFile(path, null), { ok: true, records: 3 });
+});
