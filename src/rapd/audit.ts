@@ -165,6 +165,12 @@ export class AuditLog implements AuditSink {
         const savedAs = `${path}.torn-${now().toISOString().replaceAll(':', '-')}`;
         // Keep the evidence before cutting it off.
         copyFileSync(path, savedAs);
+        const ev = openSync(savedAs, 'r');
+        try {
+          fsyncSync(ev);
+        } finally {
+          closeSync(ev);
+        }
         fsyncDir(dirname(path));
         size -= report.tornBytes;
         ftruncateSync(fd, size);
