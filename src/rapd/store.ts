@@ -33,7 +33,7 @@
 // (one table with two indexes) is migrated in place at open.
 
 import { randomUUID } from 'node:crypto';
-import { closeSync, existsSync, openSync, renameSync, rmSync, statfsSync } from 'node:fs';
+import { closeSync, existsSync, openSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { dirname } from 'node:path';
 import { fsyncDir } from '../lib/durable.ts';
@@ -77,6 +77,15 @@ export type StoreStats = StoreReport;
 /** Appends waiting at once that trigger a flush without waiting for the turn to end. */
 export const FLUSH_AT = 1000;
 const SCHEMA_VERSION = 2;
+/**
+ * Page size of a new queue file. A commit writes every page it dirtied to
+ * the WAL, one write() each, and the checkpoint writes them again: with 1 KB
+ * messages, 16 KiB pages took about a third less CPU per message than
+ * SQLite's default 4 KiB (mostly system time) and less time in COMMIT,
+ * measured here; 64 KiB pages were no better (each commit rewrites the
+ * last, partly filled page).
+ */
+const PAGE_SIZE = 16384;
 /** Bound on waiting for SQLite's lock (only another process could hold it). */
 const BUSY_TIMEOUT_MS = 1000;
 /** After a checkpoint the WAL is cut back to this size (the data partition is small). */
@@ -225,6 +234,8 @@ function openDatabase(path: string, maxDbBytes: number | undefined): Opened {
   }
   const db = new DatabaseSync(path, { timeout: BUSY_TIMEOUT_MS });
   try {
+    // Only a new (empty) file takes a page size; an existing queue keeps its own.
+    if (statSync(path).size === 0) db.exec(`PRAGMA page_size = ${PAGE_SIZE}`);
     // The first statement reads the header: garbage fails here with NOTADB, a
     // torn file with CORRUPT.
     const mode = db.prepare('PRAGMA journal_mode = WAL').get()?.['journal_mode'];

@@ -54,6 +54,7 @@ t.test('append resolves only after commit; a second connection reads the row', a
   t.equal(row?.['received_at'], m.receivedAt);
   t.equal(row?.['bytes'], Buffer.byteLength(String(row?.['json'])));
   t.equal(reader.prepare('PRAGMA journal_mode').get()?.['journal_mode'], 'wal');
+  t.equal(reader.prepare('PRAGMA page_size').get()?.['page_size'], 16384, 'a new queue takes 16 KiB pages');
   t.match(m, { kind: 'status', port: 'p1', instrument: { serial: 'S1' }, instrumentTime: null, body: { n: 1 } });
   t.equal(statSync(opts.path).mode & 0o777, 0o600, 'queue file owner-only');
 });
@@ -259,7 +260,7 @@ t.test('disk low: routine refused with RAP_STORE_FULL, alarms still accepted', a
 
 t.test('a write error rejects the whole transaction with RAP_STORE; the store stays usable', async (t) => {
   // max_page_count makes SQLite answer SQLITE_FULL like a full disk would.
-  const { open, logged } = setup(t, { maxDbBytes: 64 * 1024 });
+  const { open, logged } = setup(t, { maxDbBytes: 128 * 1024 });
   const s = open();
   const first = await s.append(msg('alarm', 1));
   const seen: string[] = [];
@@ -509,6 +510,7 @@ t.test('a schema 1 queue is migrated in place: every message, in order, drop cou
   const reader = new DatabaseSync(opts.path, { readOnly: true });
   t.teardown(() => reader.close());
   t.equal(reader.prepare('PRAGMA user_version').get()?.['user_version'], 2);
+  t.equal(reader.prepare('PRAGMA page_size').get()?.['page_size'], 4096, 'an existing queue keeps its page size');
   t.same(reader.prepare(`SELECT name FROM sqlite_schema ORDER BY name`).all().map((r) => r['name']), ['alarm', 'meta', 'routine', 'sqlite_autoindex_meta_1'], 'old table and its indexes gone, no index on the message tables');
 });
 
