@@ -265,7 +265,9 @@ async function ingest(root: string): Promise<void> {
       note:
         `${INSTRUMENTS} simulated instruments (one child process, test/bench/sims.ts), window 64, ~1 KB status frames, ${durationMs / 1000} s, steady window ` +
         `${(a.t / 1000).toFixed(1)}-${(b.t / 1000).toFixed(1)} s (acks counted by the simulators); ${total} acked in all; CPU: rapd ${(cpu.rapd * 100).toFixed(0)}% of a core, ` +
-        `simulators ${(cpu.sims * 100).toFixed(0)}%, bench ${(cpu.bench * 100).toFixed(0)}% (${availableParallelism()} cores)${checkReports('ingest', reports)}`,
+        `simulators ${(cpu.sims * 100).toFixed(0)}%, bench ${(cpu.bench * 100).toFixed(0)}% (${availableParallelism()} cores); CPU per acked message: ` +
+        `rapd ${((cpu.rapd * seconds * 1e6) / Math.max(1, total)).toFixed(1)} us, simulators ${((run.cpuSeconds * 1e6) / Math.max(1, total)).toFixed(1)} us` +
+        `${checkReports('ingest', reports)}`,
     });
     row('rss_load_mb', mb(rssMax), 'MB', 'lower', { target: '<= 80', note: 'max RssAnon of out/rapd sampled every 100 ms during the ingest run' });
     const st = await box.status();
@@ -444,7 +446,7 @@ async function center(root: string): Promise<void> {
           `test/bench/messages.ts), ~${Math.round(fill.avgJson)} B stored JSON each`,
       });
 
-      // The simulator's bodies: padded with one repeated character (src/sim/simulator.ts statusFrame: 'x'.repeat).
+      // The simulator's bodies: padded with one repeated character (src/sim/simulator.ts statusFrame: PAD).
       const before = await sample(box, t0);
       const { reports } = await instruments(box, { durationMs: 6000, ratePerSec: 250 }).done;
       await until('the simulators\' messages delivered', async () => (await sample(box, t0)).queued === 0, 30_000, 100);
@@ -453,7 +455,7 @@ async function center(root: string): Promise<void> {
         target: '<= 150',
         note:
           `same, steady run of ${INSTRUMENTS} simulators x 250/s x 6 s with sizeBytes 1024 (${after.sent - before.sent} messages); the simulator pads with ` +
-          `'x'.repeat(n), which gzip all but removes: flatters the uplink, see wire_bytes_per_msg${checkReports('wire', reports)}`,
+          `one repeated character ('x'), which gzip all but removes: flatters the uplink, see wire_bytes_per_msg${checkReports('wire', reports)}`,
       });
 
       // Idle: connected, nothing to send. The simulators' bye events go after batchMaxDelayMs (5 s).
