@@ -66,6 +66,8 @@ interface Conn {
   paused: boolean;
   said_bye: boolean;
   partialTimer: NodeJS.Timeout | undefined;
+  /** Frames to send at the end of this tick. */
+  out: string;
 }
 
 export class PortAgent {
@@ -215,6 +217,7 @@ export class PortAgent {
       paused: false,
       said_bye: false,
       partialTimer: undefined,
+      out: '',
     };
     this.conns.add(conn);
     sock.setNoDelay(true);
@@ -239,19 +242,27 @@ export class PortAgent {
   private send(conn: Conn, frame: BoxFrame): void {
     if (conn.sock.destroyed || conn.sock.writableEnded) return;
     // Acks resolved by one group commit go out in one write (one syscall,
-    // one TCP segment) instead of one each: cork until the end of this tick.
-    if (conn.sock.writableCorked === 0) {
-      conn.sock.cork();
-      process.nextTick(() => conn.sock.uncork());
-    }
-    conn.sock.write(encodeFrame(frame));
+    // one TCP segment) instead of one each: collected as one string until
+    // the end of this tick (cheaper than a corked stream write per frame).
+    if (conn.out === '') process.nextTick(() => this.flushOut(conn));
+    conn.out += encodeFrame(frame);
+  }
+
+  private flushOut(conn: Conn): void {
+    const out = conn.out;
+    conn.out = '';
+    if (out !== '' && !conn.sock.destroyed && !conn.sock.writableEnded) conn.sock.write(out);
   }
 
   private protocolError(conn: Conn, code: ProtocolErrorCode, message: string, ref: string | null, close = false): void {
     this.counters.errors[code] = (this.counters.errors[code] ?? 0) + 1;
     this.log.warn('instrument protocol error', { code, message, ref, serial: conn.identity?.serial });
     this.send(conn, { type: 'error', ref, code, message });
-    if (close) conn.sock.end();
+    if (close) {
+      // What is collected for this tick goes before the end.
+      this.flushOut(conn);
+      conn.sock.end();
+    }
   }
 
   private onData(conn: Conn, chunk: Buffer): void {
@@ -360,19 +371,29 @@ export class PortAgent {
 
   private persist(conn: Conn, ref: string, msg: NewMessage): void {
     conn.inFlight++;
-    this.store.append(msg).then(
-      (stored) => {
-        this.counters.stored++;
-        this.send(conn, { type: 'ack', ref, id: stored.id });
-      },
-      (e: unknown) => {
-        if (isRapError(e, 'RAP_STORE_FULL')) this.protocolError(conn, 'STORE_FULL', errorMessage(e), ref);
-        else this.protocolError(conn, 'BUSY', `not stored, send again: ${errorMessage(e)}`, ref);
-      },
-    ).finally(() => {
+    // No .finally(): one promise and one microtask less per frame.
+    const settled = (): void => {
       conn.inFlight--;
       if (!conn.sock.destroyed) this.drain(conn);
-    });
+    };
+    this.store.append(msg).then(
+      (stored) => {
+        try {
+          this.counters.stored++;
+          this.send(conn, { type: 'ack', ref, id: stored.id });
+        } finally {
+          settled();
+        }
+      },
+      (e: unknown) => {
+        try {
+          if (isRapError(e, 'RAP_STORE_FULL')) this.protocolError(conn, 'STORE_FULL', errorMessage(e), ref);
+          else this.protocolError(conn, 'BUSY', `not stored, send again: ${errorMessage(e)}`, ref);
+        } finally {
+          settled();
+        }
+      },
+    );
   }
 
   private seen(): void {

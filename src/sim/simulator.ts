@@ -196,6 +196,14 @@ class Link {
   /** Queue bytes; false when the connection is gone. */
   write(data: string | Buffer): boolean {
     if (this.closed || this.sock.destroyed || this.sock.writableEnded) return false;
+    // Frames written in one tick (a window refilled by a burst of acks) go
+    // out in one write: one syscall and one segment instead of one per
+    // frame, as an instrument's own sender would batch them. With
+    // setNoDelay each write is otherwise its own segment.
+    if (this.sock.writableCorked === 0) {
+      this.sock.cork();
+      process.nextTick(() => this.sock.uncork());
+    }
     if (!this.sock.write(data)) this.needDrain = true;
     return true;
   }
@@ -366,6 +374,9 @@ interface Pending {
   sentAt: number;
 }
 
+/** Status padding, cut to length per frame (a slice, not a new string per frame). */
+const PAD = 'x'.repeat(MAX_FRAME_BYTES);
+
 const SEVERITIES: AlarmSeverity[] = ['warning', 'minor', 'major', 'critical'];
 
 // A violation has no ref the box can read; its key cannot clash with a real
@@ -447,7 +458,7 @@ class Simulator {
     };
     const size = Buffer.byteLength(encodeFrame(frame));
     const padding = Math.min(this.s.sizeBytes, MAX_FRAME_BYTES) - size - ',"pad":""'.length;
-    if (padding > 0) frame.data['pad'] = 'x'.repeat(padding);
+    if (padding > 0) frame.data['pad'] = PAD.slice(0, padding);
     return frame;
   }
 

@@ -2,11 +2,13 @@
 // with generated configs on 127.0.0.1, every wait bounded, every child
 // remembered so that it is killed by its pid whatever happens.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import type { ControlResponse, StatusReport } from '../../src/protocol/control.ts';
+import type { SimOptions } from '../../src/sim/simulator.ts';
+import type { SimSummary, SimsMessage } from './sims.ts';
 
 export const REPO = join(import.meta.dirname, '../..');
 export const RAPD = join(REPO, 'out/rapd');
@@ -251,4 +253,47 @@ export async function startCenterProc(dir: string, pki: string): Promise<CenterP
     20_000,
   );
   return { child, pid: child.pid!, port, stop: () => stop(child) };
+}
+
+export interface Sims {
+  pid: number;
+  /** Acks with a message id so far, as last reported (every 50 ms). */
+  acked(): number;
+  /** Every instrument's report and the child's CPU seconds, once all are done. */
+  done: Promise<{ reports: SimSummary[]; cpuSeconds: number }>;
+}
+
+/**
+ * The simulated instruments in one child process of their own
+ * (test/bench/sims.ts): real instruments are separate devices, not part of
+ * the bench process. Bounded: killed after boundMs.
+ */
+export function runSims(opts: Omit<SimOptions, 'onAck' | 'signal'>[], boundMs: number): Sims {
+  const child = track(
+    fork(join(import.meta.dirname, 'sims.ts'), [JSON.stringify(opts)], {
+      execPath: NODE,
+      execArgv: [],
+      env: { PATH: '/usr/bin:/bin' },
+      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+    }),
+  );
+  const output = tail(child);
+  let acked = 0;
+  const done = new Promise<{ reports: SimSummary[]; cpuSeconds: number }>((resolve, reject) => {
+    let result: { reports: SimSummary[]; cpuSeconds: number } | null = null;
+    let error: string | null = null;
+    const timer = setTimeout(() => child.kill('SIGKILL'), boundMs);
+    child.on('message', (m: SimsMessage) => {
+      if ('error' in m) error = m.error;
+      else acked = m.acked;
+      if ('reports' in m) result = { reports: m.reports, cpuSeconds: m.cpuSeconds };
+    });
+    // 'close', not 'exit': by then the IPC channel is read to its end.
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (result && code === 0) resolve(result);
+      else reject(new Error(`bench: simulators (pid ${child.pid}) ${error ? `failed: ${error}` : `exited ${code ?? signal} without a report`}${output() ? `:\n${output()}` : ''}`));
+    });
+  });
+  return { pid: child.pid!, acked: () => acked, done };
 }

@@ -43,18 +43,18 @@ t.test('append resolves only after commit; a second connection reads the row', a
   const s = open();
   const reader = new DatabaseSync(opts.path, { readOnly: true });
   t.teardown(() => reader.close());
-  const count = () => Number(reader.prepare('SELECT count(*) AS n FROM messages').get()?.['n']);
+  const count = () => Number(reader.prepare('SELECT count(*) AS n FROM routine').get()?.['n']);
 
   const p = s.append(msg('status', 1));
   t.equal(count(), 0, 'not on disk yet, so not acknowledged yet');
   const m = await p;
   t.equal(count(), 1);
-  const row = reader.prepare('SELECT priority, received_at, bytes, json FROM messages WHERE id = ?').get(m.id);
+  const row = reader.prepare('SELECT received_at, bytes, json FROM routine WHERE id = ?').get(m.id);
   t.same(JSON.parse(String(row?.['json'])), m, 'stored as the JSON of the returned message');
-  t.equal(row?.['priority'], 'routine');
   t.equal(row?.['received_at'], m.receivedAt);
   t.equal(row?.['bytes'], Buffer.byteLength(String(row?.['json'])));
   t.equal(reader.prepare('PRAGMA journal_mode').get()?.['journal_mode'], 'wal');
+  t.equal(reader.prepare('PRAGMA page_size').get()?.['page_size'], 16384, 'a new queue takes 16 KiB pages');
   t.match(m, { kind: 'status', port: 'p1', instrument: { serial: 'S1' }, instrumentTime: null, body: { n: 1 } });
   t.equal(statSync(opts.path).mode & 0o777, 0o600, 'queue file owner-only');
 });
@@ -154,7 +154,7 @@ t.test('a row whose JSON does not parse is dropped, not returned for ever', asyn
   const bad = await s.append(msg('status', 1));
   await s.append(msg('status', 2));
   const writer = new DatabaseSync(opts.path);
-  writer.prepare(`UPDATE messages SET json = '{"id": "torn' WHERE id = ?`).run(bad.id);
+  writer.prepare(`UPDATE routine SET json = '{"id": "torn' WHERE id = ?`).run(bad.id);
   writer.close();
   t.same(ns(s.nextBatch({ maxMessages: 10, maxBytes: 1_000_000 })), ['r2']);
   t.same(s.count(), { alarm: 0, routine: 1 });
@@ -260,7 +260,7 @@ t.test('disk low: routine refused with RAP_STORE_FULL, alarms still accepted', a
 
 t.test('a write error rejects the whole transaction with RAP_STORE; the store stays usable', async (t) => {
   // max_page_count makes SQLite answer SQLITE_FULL like a full disk would.
-  const { open, logged } = setup(t, { maxDbBytes: 64 * 1024 });
+  const { open, logged } = setup(t, { maxDbBytes: 128 * 1024 });
   const s = open();
   const first = await s.append(msg('alarm', 1));
   const seen: string[] = [];
@@ -383,7 +383,7 @@ t.test('onAppend: after commit, per message; unsubscribe; a throwing listener ha
   t.teardown(() => reader.close());
   const seen: string[] = [];
   const off = s.onAppend((m) => {
-    const row = reader.prepare('SELECT id FROM messages WHERE id = ?').get(m.id);
+    const row = reader.prepare(`SELECT id FROM ${m.kind === 'alarm' ? 'alarm' : 'routine'} WHERE id = ?`).get(m.id);
     seen.push(`${m.kind}:${row ? 'on disk' : 'missing'}:${s.count().alarm + s.count().routine}`);
   });
   s.onAppend(() => {
@@ -457,10 +457,110 @@ t.test('kill -9 while appending: every acknowledged id is in the file after reop
   t.match(s.stats().recovered, /did not close the store/, 'the unclean shutdown is reported');
   const reader = new DatabaseSync(opts.path, { readOnly: true });
   t.teardown(() => reader.close());
-  const onDisk = new Set(reader.prepare('SELECT id FROM messages').all().map((r) => String(r['id'])));
+  const onDisk = new Set(reader.prepare('SELECT id FROM alarm UNION ALL SELECT id FROM routine').all().map((r) => String(r['id'])));
   const missing = printed.filter((id) => !onDisk.has(id));
   t.same(missing, [], 'no acknowledged message lost');
   t.equal(s.count().alarm + s.count().routine, onDisk.size, 'counters rebuilt from the file');
   await s.append(msg('status', 1));
   t.equal(s.count().alarm + s.count().routine, onDisk.size + 1, 'and takes new messages');
+});
+
+/** A queue file as rapd schema 1 wrote it (one table, UNIQUE id, (priority, seq) index). */
+function writeSchema1(path: string, rows: { priority: 'alarm' | 'routine'; n: number }[], meta: Record<string, string> = {}): string[] {
+  const db = new DatabaseSync(path);
+  db.exec(`PRAGMA journal_mode = WAL;
+    CREATE TABLE messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, priority TEXT NOT NULL CHECK (priority IN ('alarm', 'routine')),
+      received_at TEXT NOT NULL, bytes INTEGER NOT NULL, json TEXT NOT NULL);
+    CREATE INDEX messages_by_priority ON messages (priority, seq);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    PRAGMA user_version = 1;`);
+  const ins = db.prepare('INSERT INTO messages (id, priority, received_at, bytes, json) VALUES (?, ?, ?, ?, ?)');
+  const ids: string[] = [];
+  db.exec('BEGIN');
+  rows.forEach((r, i) => {
+    const at = new Date(Date.parse('2026-02-01T00:00:00Z') + i).toISOString();
+    const m = { id: timeOrderedUuid(Date.parse(at)), kind: r.priority === 'alarm' ? 'alarm' : 'status', port: 'p1', instrument: null, receivedAt: at, instrumentTime: null, body: { n: r.n } };
+    const json = JSON.stringify(m);
+    ins.run(m.id, r.priority, at, Buffer.byteLength(json), json);
+    ids.push(m.id);
+  });
+  for (const [k, v] of Object.entries({ state: 'closed', ...meta })) db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run(k, v);
+  db.exec('COMMIT');
+  db.close();
+  return ids;
+}
+
+t.test('a schema 1 queue is migrated in place: every message, in order, drop counters kept', async (t) => {
+  const { open, opts, logged, lines } = setup(t, { maxRoutineMessages: 100_000 });
+  // More rows than one migration step moves, alarms among them.
+  const rows = Array.from({ length: 25_000 }, (_, n) => ({ priority: n % 1000 === 7 ? ('alarm' as const) : ('routine' as const), n }));
+  const ids = writeSchema1(opts.path, rows, { 'dropped.routine': '42', lastDrop: 'dropped 42 routine messages (quota 9) at 2026-01-01T00:00:00.000Z' });
+  const s = open();
+  t.same(s.count(), { alarm: 25, routine: 24_975 });
+  t.same(s.stats().dropped, { alarm: 0, routine: 42 });
+  t.match(s.stats().lastDrop, /^dropped 42 routine/);
+  t.equal(s.stats().recovered, null, 'a migration is not a recovery');
+  t.ok(lines.some((l) => /queue migrated from schema 1/.test(l) && /"messages":25000/.test(l)), 'logged with the number of messages');
+  t.same(logged('error'), []);
+  const batch = s.nextBatch({ maxMessages: 100_000, maxBytes: 100_000_000 });
+  t.same(batch.map((m) => m.id), [...ids.filter((_, i) => rows[i]!.priority === 'alarm'), ...ids.filter((_, i) => rows[i]!.priority === 'routine')], 'alarms first, each in the old order');
+  s.ack(batch.slice(0, 30).map((m) => m.id));
+  t.same(s.count(), { alarm: 0, routine: 24_970 });
+  await s.close();
+  const reader = new DatabaseSync(opts.path, { readOnly: true });
+  t.teardown(() => reader.close());
+  t.equal(reader.prepare('PRAGMA user_version').get()?.['user_version'], 2);
+  t.equal(reader.prepare('PRAGMA page_size').get()?.['page_size'], 4096, 'an existing queue keeps its page size');
+  t.same(reader.prepare(`SELECT name FROM sqlite_schema ORDER BY name`).all().map((r) => r['name']), ['alarm', 'meta', 'routine', 'sqlite_autoindex_meta_1'], 'old table and its indexes gone, no index on the message tables');
+});
+
+t.test('a schema 1 migration cut short (crash between steps) goes on at the next open', async (t) => {
+  const { open, opts } = setup(t);
+  const ids = writeSchema1(opts.path, Array.from({ length: 10 }, (_, n) => ({ priority: 'routine' as const, n })));
+  // What a crash after the first step leaves: the new tables, part of the rows moved.
+  const db = new DatabaseSync(opts.path);
+  db.exec(`BEGIN;
+    CREATE TABLE alarm (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, received_at TEXT NOT NULL, bytes INTEGER NOT NULL, json TEXT NOT NULL);
+    CREATE TABLE routine (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, received_at TEXT NOT NULL, bytes INTEGER NOT NULL, json TEXT NOT NULL);
+    INSERT INTO routine (seq, id, received_at, bytes, json) SELECT seq, id, received_at, bytes, json FROM messages WHERE seq <= 4;
+    DELETE FROM messages WHERE seq <= 4;
+    COMMIT`);
+  db.close();
+  const s = open();
+  t.same(s.nextBatch({ maxMessages: 100, maxBytes: 1_000_000 }).map((m) => m.id), ids, 'each message once, in order');
+});
+
+t.test('a schema 1 queue that cannot be migrated (disk full) is moved aside, not fatal', async (t) => {
+  const { opts, logged } = setup(t);
+  writeSchema1(opts.path, Array.from({ length: 3000 }, (_, n) => ({ priority: 'routine' as const, n })));
+  // The cap leaves no room for a second copy of the rows.
+  const s = MessageStore.open({ ...opts, maxDbBytes: statSync(opts.path).size + 64 * 1024 });
+  t.match(s.stats().recovered, /cannot migrate the queue from schema 1 to 2/);
+  t.same(s.count(), { alarm: 0, routine: 0 }, 'a fresh queue');
+  t.ok(logged('error').some((l) => /moved aside/.test(l.msg)));
+  await s.append(msg('status', 1));
+  await s.close();
+});
+
+t.test('ack by remembered seq never deletes another message that reuses the seq', async (t) => {
+  const { open, opts } = setup(t);
+  const s = open();
+  const first = await s.append(msg('status', 1));
+  t.same(ns(s.nextBatch({ maxMessages: 10, maxBytes: 1_000_000 })), ['r1'], 'the store now remembers r1 by its seq');
+  // Gone behind the store's back (the newest row, so SQLite hands its seq out again).
+  const other = new DatabaseSync(opts.path);
+  other.prepare('DELETE FROM routine WHERE id = ?').run(first.id);
+  other.close();
+  const second = await s.append(msg('status', 2));
+  s.ack([first.id]);
+  t.same(s.nextBatch({ maxMessages: 10, maxBytes: 1_000_000 }).map((m) => m.id), [second.id], 'the newer message stays');
+});
+
+t.test('ack of ids never handed out by nextBatch still deletes them (by a scan)', async (t) => {
+  const { open } = setup(t);
+  const s = open();
+  const a = await s.append(msg('alarm', 1));
+  const r = await s.append(msg('status', 2));
+  s.ack([r.id, a.id]);
+  t.same(s.count(), { alarm: 0, routine: 0 });
 });
