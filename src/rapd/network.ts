@@ -162,7 +162,7 @@ export async function applyNetworkFiles(dir: string, files: ReadonlyMap<string, 
   try {
     await run(['networkctl', 'reload'], { timeoutMs: 30_000 });
   } catch (e) {
-    throw new RapError('RAP_NET', `networkd did not take the instrument port files (${changed.join(', ')}): ${errorMessage(e)}`, { dir, changed }, { cause: e });
+    throw new RapError('RAP_NET', `networkd did not take rapd's files (${changed.join(', ')}): ${errorMessage(e)}`, { dir, changed }, { cause: e });
   }
   return { changed, reloaded: true };
 }

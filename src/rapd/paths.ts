@@ -17,6 +17,8 @@ export interface Paths {
   procCmdline: string;
   /** systemd-networkd's runtime directory for the instrument ports' .network files. */
   networkd: string;
+  /** systemd-timesyncd's runtime drop-in directory (the WAN's NTP servers). */
+  timesyncd: string;
 }
 
 export const DEFAULT_CONTROL_SOCKET = '/run/rapd/rapd.sock';
@@ -29,5 +31,6 @@ export function pathsFromConfig(config: Config, procRoot = '/proc'): Paths {
     queueDb: join(config['paths.state'], 'queue.db'),
     procCmdline: join(procRoot, 'cmdline'),
     networkd: config['paths.networkd'],
+    timesyncd: config['paths.timesyncd'],
   };
 }
