@@ -34,3 +34,31 @@ export function pathsFromConfig(config: Config, procRoot = '/proc'): Paths {
     timesyncd: config['paths.timesyncd'],
   };
 }
+
+/**
+ * Provisioning (provision.ts): where the factory leaves a bundle on the data
+ * partition (/var), where it goes once applied or rejected, and the two
+ * config files it is merged from and into. `root` is "/" on the box.
+ */
+export interface ProvisionPaths {
+  /** The pending bundle the factory wrote (docs/provisioning.md). */
+  bundle: string;
+  /** The last applied bundle, secrets removed: "consumed", never applied again. */
+  applied: string;
+  /** The last rejected bundle, kept as it came for diagnosis, with reason.txt. */
+  rejected: string;
+  /** The image's factory configuration (read-only root). */
+  factoryConfig: string;
+  /** The site configuration rapd.service runs with (data partition). */
+  siteConfig: string;
+}
+
+export function provisionPaths(root = '/'): ProvisionPaths {
+  return {
+    bundle: join(root, 'var/lib/rapbox/provision'),
+    applied: join(root, 'var/lib/rapbox/provision.applied'),
+    rejected: join(root, 'var/lib/rapbox/provision.rejected'),
+    factoryConfig: join(root, 'etc/rapd/rapd.json'),
+    siteConfig: join(root, 'var/lib/rapd/rapd.json'),
+  };
+}
