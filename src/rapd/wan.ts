@@ -5,12 +5,14 @@
 // .network file goes through applyNetworkFiles with the ports' files, so
 // networkd is reloaded once).
 //
-// Precedence: the image ships /usr/lib/systemd/network/80-wan.network (DHCP),
-// in force from the first instant of boot. rapd writes a file of the same
-// name to /run/systemd/network, which shadows it wholly (systemd.network(5):
-// /run beats /usr/lib for the same file name), so once rapd has run the site
-// config decides. Both are runtime or read-only: a site config edit takes
-// effect at rapd's next start, and removing it falls back to DHCP.
+// Precedence: the image ships /usr/lib/systemd/network/80-wan.network (DHCP
+// on "wan"), in force from the first instant of boot. When the site config
+// changes anything about the WAN, rapd writes a file of the same name to
+// /run/systemd/network, which shadows it wholly (systemd.network(5): /run
+// beats /usr/lib for the same file name); when it changes nothing, rapd
+// removes its file, so the image default applies and networkd is not made to
+// renegotiate a lease at every boot for nothing. A site config edit takes
+// effect at rapd's next start.
 
 import { mkdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
@@ -18,10 +20,10 @@ import { fsyncDir, writeFileDurable } from '../lib/durable.ts';
 import { RapError, errorMessage } from '../lib/errors.ts';
 import type { Runner } from '../lib/run.ts';
 import { listItems, type Config } from './config.ts';
-import { renderNetworkFiles } from './network.ts';
+import { WAN_NETWORK_FILE, renderNetworkFiles } from './network.ts';
 
-/** Same name as the image's DHCP default, so the file in /run shadows it. */
-export const WAN_NETWORK_FILE = '80-wan.network';
+export { WAN_NETWORK_FILE };
+
 /** rapd's drop-in in timesyncd's runtime drop-in directory. */
 export const TIMESYNCD_DROPIN = '50-rapbox-wan.conf';
 
@@ -66,10 +68,15 @@ export function renderTimesyncd(config: Config): string | null {
   return ['# Written by rapd from the site config (wan.ntp); rewritten at every start, do not edit.', '[Time]', `NTP=${ntp.join(' ')}`, ''].join('\n');
 }
 
-/** Every networkd file rapd writes: the instrument ports' and the WAN's. */
+/** True when the site config changes nothing the image's 80-wan.network sets. */
+export function wanIsImageDefault(config: Config): boolean {
+  return config['wan.address'] === '' && config['wan.dns'] === '' && config['wan.ntp'] === '' && config['network.wanInterface'] === 'wan';
+}
+
+/** Every networkd file rapd writes: the instrument ports', and the WAN's unless the image default is the site's. */
 export function renderNetworkdFiles(config: Config): Map<string, string> {
   const files = renderNetworkFiles(config);
-  files.set(WAN_NETWORK_FILE, renderWanNetwork(config));
+  if (!wanIsImageDefault(config)) files.set(WAN_NETWORK_FILE, renderWanNetwork(config));
   return files;
 }
 

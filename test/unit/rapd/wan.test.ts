@@ -2,6 +2,7 @@ import t from 'tap';
 import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseConfig } from '../../../src/rapd/config.ts';
+import { applyNetworkFiles } from '../../../src/rapd/network.ts';
 import { applyTimesyncd, renderNetworkdFiles, renderTimesyncd, renderWanNetwork } from '../../../src/rapd/wan.ts';
 import { RapError } from '../../../src/lib/errors.ts';
 import type { Runner } from '../../../src/lib/run.ts';
@@ -55,11 +56,23 @@ for (const c of cases) {
   });
 }
 
-t.test('the WAN file follows network.wanInterface and joins the ports\' files', async (t) => {
+t.test('the WAN file follows network.wanInterface and joins the ports\' files; none when the image default is the site\'s', async (t) => {
   const config = parseConfig({ network: { wanInterface: 'eth0' }, ports: [{ name: 'p1', interface: 'inst1' }] }, 'test');
   const files = renderNetworkdFiles(config);
   t.same([...files.keys()], ['10-rapbox-p1.network', '80-wan.network']);
   t.match(files.get('80-wan.network'), /^Name=eth0$/m);
+  const factory = parseConfig({ ports: [{ name: 'p1', interface: 'inst1' }] }, 'test');
+  t.same([...renderNetworkdFiles(factory).keys()], ['10-rapbox-p1.network'], "factory WAN: the image's 80-wan.network applies");
+  t.same([...renderNetworkdFiles(parseConfig({ wan: { ntp: 'time.example.org' } }, 'test')).keys()], ['80-wan.network'], 'NTP alone: the lease must not override it');
+});
+
+t.test('apply: a WAN back to the image default removes rapd\'s 80-wan.network (the /usr/lib one applies again)', async (t) => {
+  const dir = t.testdir({ '80-wan.network': 'old static WAN', '80-other.network': 'x' });
+  const { run, calls } = recorder();
+  const r = await applyNetworkFiles(dir, renderNetworkdFiles(parseConfig({ ports: [{ name: 'p1', interface: 'inst1' }] }, 'test')), run);
+  t.same(r, { changed: ['10-rapbox-p1.network', '80-wan.network'], reloaded: true });
+  t.same(readdirSync(dir).sort(), ['10-rapbox-p1.network', '80-other.network']);
+  t.same(calls, [['networkctl', 'reload']]);
 });
 
 t.test('config: bad WAN settings are named', async (t) => {
