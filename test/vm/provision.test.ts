@@ -17,10 +17,8 @@ import { join } from 'node:path';
 import { detectAccel, freshVars, overlayDisk, startVm } from '../../image/qemu.ts';
 import { sha256File } from '../../image/tools.ts';
 import { openCenterDb } from '../../src/center/db.ts';
-import { startCenter } from '../../src/center/server.ts';
-import { createLogger } from '../../src/lib/log.ts';
 import { run } from '../../src/lib/run.ts';
-import { makePki } from '../integration/helpers.ts';
+import { CENTER_IN_GUEST, startVmCenter } from './center.ts';
 import { parseResults, waitForExit } from './results.ts';
 
 const REPO = join(import.meta.dirname, '../..');
@@ -28,7 +26,6 @@ const IMAGE = process.env['RAPBOX_IMAGE'] ?? join(REPO, 'out/rapbox.img');
 const RAPD = join(REPO, 'out/rapd');
 const WORK = join(REPO, 'out/vm/provision');
 const BOOT_BOUND_MS = 8 * 60_000;
-const CENTER_IN_GUEST = '10.0.2.100:443';
 const DEVICE = 'box-prov-1';
 const WAN = { address: '10.0.2.42/24', gateway: '10.0.2.2', dns: '10.0.2.3', ntp: '10.0.2.123' };
 
@@ -42,18 +39,7 @@ t.test('a provisioning bundle written at the factory is consumed once on first b
   mkdirSync(WORK, { recursive: true });
   const imageSha = (JSON.parse(readFileSync(join(REPO, 'out/image.json'), 'utf8')) as { files: Record<string, { sha256: string }> }).files['rapbox.img']?.sha256;
 
-  const pki = await makePki(WORK, { device: DEVICE, ips: [CENTER_IN_GUEST.split(':')[0]!] });
-  const centerDb = join(WORK, 'center.db');
-  const center = await startCenter({
-    dbPath: centerDb,
-    host: '127.0.0.1',
-    port: 0,
-    key: readFileSync(join(pki, 'server.key')),
-    cert: readFileSync(join(pki, 'server.pem')),
-    ca: readFileSync(join(pki, 'ca.pem')),
-    log: createLogger({ write: () => {}, syslogPrefix: false }),
-  });
-  t.teardown(() => center.close());
+  const { pki, centerDb, port: centerPort } = await startVmCenter(t, WORK, DEVICE);
 
   // The factory: a bundle for this box, made and checked by the real CLI.
   const site = {
@@ -103,7 +89,7 @@ t.test('a provisioning bundle written at the factory is consumed once on first b
       varsFile: freshVars(WORK),
       serial,
       resultsFile: results,
-      forwards: [{ guest: CENTER_IN_GUEST, host: `127.0.0.1:${center.port}` }],
+      forwards: [{ guest: CENTER_IN_GUEST, host: `127.0.0.1:${centerPort}` }],
       credentials: { ...selftest, ...extra },
     });
     t.teardown(() => vm.kill());
