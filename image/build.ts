@@ -383,7 +383,7 @@ async function buildDisk(layout: Partition[], images: Map<string, string>): Prom
 /** Hash of everything the image is made from, to skip a build with no changes. */
 function inputStamp(baseTar: string, rapdSha: string, epoch: number): string {
   // Tools that do not shape the image's bytes (out/rapd is hashed separately).
-  const notInputs = new Set(['image/qemu.ts', 'image/deps.sh', 'image/sea.ts', 'image/readme-settings.ts']);
+  const notInputs = new Set(['image/qemu.ts', 'image/deps.sh', 'image/sea.ts', 'image/readme-settings.ts', 'image/flash.ts']);
   const files = [...listFiles(join(REPO, 'rootfs-overlay')), ...listFiles(join(REPO, 'image'))].filter((f) => !notInputs.has(relative(REPO, f)));
   const h = createHash('sha256').update(`${baseTar}\0${rapdSha}\0${epoch}\0`);
   for (const f of files) h.update(relative(REPO, f)).update('\0').update(String(statSync(f).mode & 0o111)).update(readFileSync(f));

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the host tools that `make image` and `make test` need, from Debian's
 # packages, only when one is missing. Idempotent; safe to run on every build.
-# Usage: image/deps.sh [build|image|vm|integration|all]
+# Usage: image/deps.sh [build|image|vm|flash|integration|all]
 set -euo pipefail
 
 want=${1:-all}
@@ -30,7 +30,19 @@ declare -A vm_tools=(
   [socat]=socat
   [udhcpc]=udhcpc
 )
+# make flash: the data partition's offset, the bundle into its ext4, the
+# kernel's cached copy dropped before the read-back.
+declare -A flash_tools=(
+  [sfdisk]=fdisk
+  [debugfs]=e2fsprogs
+  [blockdev]=util-linux
+)
 declare -A integration_tools=(
+  [losetup]=mount
+  [sfdisk]=fdisk
+  [debugfs]=e2fsprogs
+  [mkfs.ext4]=e2fsprogs
+  [blockdev]=util-linux
   [ip]=iproute2
   [nft]=nftables
   [openssl]=openssl
@@ -52,9 +64,10 @@ case $want in
   build) check build_tools ;;
   image) check image_tools ;;
   vm) check image_tools; check vm_tools ;;
+  flash) check flash_tools ;;
   integration) check integration_tools ;;
-  all) check build_tools; check image_tools; check vm_tools; check integration_tools ;;
-  *) echo "deps.sh: unknown set '$want' (expected build, image, vm, integration or all)" >&2; exit 2 ;;
+  all) check build_tools; check image_tools; check vm_tools; check flash_tools; check integration_tools ;;
+  *) echo "deps.sh: unknown set '$want' (expected build, image, vm, flash, integration or all)" >&2; exit 2 ;;
 esac
 ((${#missing[@]} == 0)) && exit 0
 

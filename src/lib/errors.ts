@@ -24,7 +24,8 @@ export type RapErrorCode =
   // Command channel and verification (docs/commands.md lists when each is used).
   | 'RAP_CHANNEL'
   | 'RAP_CMD_MALFORMED' | 'RAP_CMD_UNSIGNED' | 'RAP_CMD_UNKNOWN_KEY' | 'RAP_CMD_BAD_SIGNATURE' | 'RAP_CMD_WRONG_DEVICE'
-  | 'RAP_CMD_NOT_YET_VALID' | 'RAP_CMD_EXPIRED' | 'RAP_CMD_LIFETIME' | 'RAP_CMD_REPLAYED' | 'RAP_CMD_UNKNOWN_TYPE' | 'RAP_CMD_FAILED';
+  | 'RAP_CMD_NOT_YET_VALID' | 'RAP_CMD_EXPIRED' | 'RAP_CMD_LIFETIME' | 'RAP_CMD_REPLAYED' | 'RAP_CMD_UNKNOWN_TYPE' | 'RAP_CMD_FAILED'
+  | 'RAP_PROVISION' | 'RAP_FLASH';
 
 export class RapError extends Error {
   readonly code: RapErrorCode;

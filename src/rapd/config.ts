@@ -8,8 +8,9 @@
 // a default on a box nobody can see).
 
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { RapError } from '../lib/errors.ts';
-import { RESERVED, broadcastOf, formatIPv4, formatSubnet, overlaps, parseCidr, parseIPv4, subnetOf, subnetSize, type Subnet } from '../lib/ipv4.ts';
+import { RESERVED, broadcastOf, contains, formatIPv4, formatSubnet, overlaps, parseCidr, parseIPv4, subnetOf, subnetSize, type Subnet } from '../lib/ipv4.ts';
 import { DEVICE_ID, DEVICE_ID_DOC, PORT_NAME, PORT_NAME_DOC } from '../protocol/telemetry.ts';
 import { KEY_ID } from '../protocol/commands.ts';
 import type { TrustedKey } from './commands.ts';
@@ -46,6 +47,15 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 const IFNAME = /^[a-z][a-z0-9_-]{0,14}$/;
 const IFNAME_DOC = '1-15 of a-z, 0-9, "_", "-", starting with a letter';
 const CIDR4 = /^[0-9]{1,3}(\.[0-9]{1,3}){3}\/[0-9]{1,2}$/;
+/** Comma-separated lists (spaces allowed after a comma); items are checked one by one in checkWan. */
+const ADDRESS_LIST = /^$|^[0-9A-Fa-f.:]+(, *[0-9A-Fa-f.:]+)*$/;
+const HOST_LIST = /^$|^[A-Za-z0-9.:-]+(, *[A-Za-z0-9.:-]+)*$/;
+const HOSTNAME = /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+
+/** The items of a comma-separated list setting ("" is no items). */
+export function listItems(value: string): string[] {
+  return value.split(',').map((v) => v.trim()).filter((v) => v !== '');
+}
 
 // `as const satisfies` keeps each entry's literal key for the Config type below.
 export const SETTINGS = [
@@ -77,7 +87,13 @@ export const SETTINGS = [
     key: 'paths.networkd',
     type: { kind: 'path' },
     default: '/run/systemd/network',
-    doc: "Where rapd writes the instrument ports' systemd-networkd files (runtime: rewritten at every start).",
+    doc: "Where rapd writes the instrument ports' and the WAN's systemd-networkd files (runtime: rewritten at every start).",
+  },
+  {
+    key: 'paths.timesyncd',
+    type: { kind: 'path' },
+    default: '/run/systemd/timesyncd.conf.d',
+    doc: "Where rapd writes systemd-timesyncd's drop-in for `wan.ntp` (runtime: rewritten at every start).",
   },
   {
     key: 'device.id',
@@ -130,6 +146,30 @@ export const SETTINGS = [
     type: { kind: 'string', pattern: IFNAME, patternDoc: IFNAME_DOC },
     default: 'wan',
     doc: 'The WAN interface (named by a .link file): outbound only, nothing on the box is reachable from it.',
+  },
+  {
+    key: 'wan.address',
+    type: { kind: 'string', pattern: /^$|^[0-9]{1,3}(\.[0-9]{1,3}){3}\/[0-9]{1,2}$/, patternDoc: 'empty or an IPv4 address with "/prefix"' },
+    default: '',
+    doc: 'Static WAN address "a.b.c.d/len" (then `wan.gateway` is required). Empty: DHCP from the site network.',
+  },
+  {
+    key: 'wan.gateway',
+    type: { kind: 'string', pattern: /^$|^[0-9]{1,3}(\.[0-9]{1,3}){3}$/, patternDoc: 'empty or an IPv4 address' },
+    default: '',
+    doc: "Default gateway for a static `wan.address` (in its subnet). Empty with DHCP: the lease's router.",
+  },
+  {
+    key: 'wan.dns',
+    type: { kind: 'string', pattern: ADDRESS_LIST, patternDoc: 'empty or comma-separated IP addresses' },
+    default: '',
+    doc: "DNS servers. Set: used instead of any the DHCP lease offers. Empty: the lease's (none with a static address).",
+  },
+  {
+    key: 'wan.ntp',
+    type: { kind: 'string', pattern: HOST_LIST, patternDoc: 'empty or comma-separated host names or IP addresses' },
+    default: '',
+    doc: "NTP servers for systemd-timesyncd. Set: used instead of any the DHCP lease offers. Empty: the lease's, else Debian's pool.",
   },
   {
     key: 'center.url',
@@ -461,12 +501,51 @@ function resolvePorts(c: Record<string, unknown>, problems: string[]): PortConfi
   return problems.length === before ? out : null;
 }
 
+/**
+ * The WAN: a static address needs a gateway in its subnet (and DHCP none),
+ * the address must be a host of its subnet and not collide with an
+ * instrument port's subnet; list items must be addresses or host names.
+ */
+function checkWan(c: Record<string, unknown>, ports: PortConfig[] | null, problems: string[]): void {
+  const address = c['wan.address'] as string;
+  const gateway = c['wan.gateway'] as string;
+  for (const dns of listItems(c['wan.dns'] as string)) {
+    if (isIP(dns) === 0) problems.push(`key 'wan.dns': ${show(dns)} is not an IP address`);
+  }
+  for (const ntp of listItems(c['wan.ntp'] as string)) {
+    if (isIP(ntp) === 0 && !HOSTNAME.test(ntp)) problems.push(`key 'wan.ntp': ${show(ntp)} is neither an IP address nor a host name`);
+  }
+  if (address === '') {
+    if (gateway !== '') problems.push(`key 'wan.gateway': ${show(gateway)} is set but 'wan.address' is empty (DHCP: the lease gives the router); set both or neither`);
+    return;
+  }
+  const cidr = parseCidr(address);
+  if (!cidr || cidr.prefix < 8 || cidr.prefix > 30) {
+    problems.push(`key 'wan.address': got ${show(address)}, expected an IPv4 address with a "/prefix" from 8 to 30`);
+    return;
+  }
+  const subnet = subnetOf(cidr.address, cidr.prefix);
+  if (cidr.address === subnet.network || cidr.address === broadcastOf(subnet)) {
+    problems.push(`key 'wan.address': ${address} is the network or broadcast address of ${formatSubnet(subnet)}, not a host in it`);
+  }
+  const gw = parseIPv4(gateway);
+  if (gateway === '') problems.push(`key 'wan.gateway' is required with a static 'wan.address' (${address})`);
+  else if (gw === null) problems.push(`key 'wan.gateway': got ${show(gateway)}, expected an IPv4 address`);
+  else if (!contains(subnet, gw) || gw === cidr.address) problems.push(`key 'wan.gateway': ${gateway} is not another host in the WAN subnet ${formatSubnet(subnet)}`);
+  ports?.forEach((p, i) => {
+    if (p.interface === '') return;
+    const portSubnet = subnetOf(parseIPv4(p.address)!, p.prefix);
+    if (overlaps(portSubnet, subnet)) problems.push(`key 'wan.address': WAN subnet ${formatSubnet(subnet)} overlaps ports[${i}]'s ${formatSubnet(portSubnet)}`);
+  });
+}
+
 /** Rules that involve more than one key. */
 function crossChecks(c: Record<string, unknown>, problems: string[]): void {
   if (c['center.url'] !== '' && c['device.id'] === '') {
     problems.push(`key 'device.id' must be set when 'center.url' is set (it must match the certificate's CN)`);
   }
   const ports = resolvePorts(c, problems);
+  checkWan(c, ports, problems);
   if (ports) c['ports'] = ports;
   else return;
   const endpoints = new Set<string>();

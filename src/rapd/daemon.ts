@@ -19,7 +19,8 @@ import type { AuditEvent, AuditRecord } from '../protocol/audit.ts';
 import { startControlServer, type ControlServer } from './control.ts';
 import { PortAgent } from './agent.ts';
 import { FIREWALL_TABLE, applyFirewall, firewallPolicy, nftAdaptor, renderFirewall, type FirewallAdaptor } from './firewall.ts';
-import { applyNetworkFiles, netPorts, renderNetworkFiles } from './network.ts';
+import { applyNetworkFiles, netPorts } from './network.ts';
+import { applyTimesyncd, renderNetworkdFiles, renderTimesyncd } from './wan.ts';
 import type { Notifier } from './notify.ts';
 import { MessageStore } from './store.ts';
 import { Uplink } from './uplink.ts';
@@ -71,10 +72,11 @@ function checkStateDir(dir: string, record: string): void {
 }
 
 /**
- * With any port on an interface: the firewall first (the islands are closed
- * before networkd brings their addresses up), then the networkd files. Both
- * stay in place when rapd stops: stopping never opens the box. Nothing is
- * touched when all ports are loopback/dev ports.
+ * With any port on an interface (an appliance config): the firewall first
+ * (the islands are closed before networkd brings their addresses up), then
+ * the ports' and the WAN's networkd files and the NTP drop-in. All stay in
+ * place when rapd stops: stopping never opens the box. Nothing on the host is
+ * touched when all ports are loopback/dev ports (a developer's machine).
  */
 async function applyNetwork(deps: DaemonDeps, now: () => Date, audit: AuditLog): Promise<NetworkReport | null> {
   const { config, paths, log } = deps;
@@ -93,13 +95,17 @@ async function applyNetwork(deps: DaemonDeps, now: () => Date, audit: AuditLog):
     throw e;
   }
   await auditOrLog(audit, log, { actor: 'rapd', action: 'firewall.applied', outcome: 'ok', details: { table: FIREWALL_TABLE, sha256, chains: state.chains.length, rules: state.rules } });
-  const files = renderNetworkFiles(config);
+  // The WAN's file shadows the image's DHCP default (wan.ts); one reload for all.
+  const files = renderNetworkdFiles(config);
   const applied = await applyNetworkFiles(paths.networkd, files, run);
-  log.info('instrument ports configured', {
+  const ntp = await applyTimesyncd(paths.timesyncd, renderTimesyncd(config), run);
+  log.info('instrument ports and WAN configured', {
     firewall: `table inet ${FIREWALL_TABLE}: ${state.chains.length} chains, ${state.rules} rules`,
     networkd: paths.networkd,
     changed: applied.changed,
     reloaded: applied.reloaded,
+    wan: config['wan.address'] === '' ? 'dhcp' : `static ${config['wan.address']} via ${config['wan.gateway']}`,
+    timesyncdRestarted: ntp.restarted,
   });
   return {
     firewall: { table: `inet ${FIREWALL_TABLE}`, appliedAt: now().toISOString(), chains: state.chains.length, rules: state.rules },

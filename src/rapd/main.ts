@@ -9,6 +9,7 @@ import { run } from '../lib/run.ts';
 import { rapctlMain } from '../rapctl/main.ts';
 import { DEFAULT_CONFIG_PATH, configDocTable, loadConfig } from './config.ts';
 import { netShow } from './netshow.ts';
+import { provisionMain } from './provision-cli.ts';
 import { startDaemon } from './daemon.ts';
 import { createNotifier } from './notify.ts';
 import { pathsFromConfig } from './paths.ts';
@@ -20,6 +21,8 @@ const USAGE = `usage: rapd [--config PATH]      run the daemon (default config $
        rapd net show [--config PATH] [--firewall | --network]
                                    print the firewall ruleset and networkd files
                                    rapd would apply (changes nothing)
+       rapd provision create|check|apply ...
+                                   provisioning bundles (docs/provisioning.md)
        rapd ctl ...                same as rapctl ...`;
 
 const io = {
@@ -93,6 +96,7 @@ async function main(): Promise<number> {
   if (basename(process.argv0) === 'rapctl') return rapctlMain(args, io);
   if (args[0] === 'ctl') return rapctlMain(args.slice(1), io);
   if (args[0] === 'net') return netShow(args.slice(1), io);
+  if (args[0] === 'provision') return provisionMain(args.slice(1), io);
   return daemonMain(args);
 }
 

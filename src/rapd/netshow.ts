@@ -4,7 +4,8 @@
 import { errorLine } from '../lib/errors.ts';
 import { DEFAULT_CONFIG_PATH, loadConfig } from './config.ts';
 import { firewallPolicy, renderFirewall } from './firewall.ts';
-import { describePorts, renderNetworkFiles } from './network.ts';
+import { describePorts } from './network.ts';
+import { TIMESYNCD_DROPIN, renderNetworkdFiles, renderTimesyncd } from './wan.ts';
 
 const USAGE = 'usage: rapd net show [--config PATH] [--firewall | --network]';
 
@@ -43,7 +44,7 @@ export function netShow(args: string[], io: Io): number {
     return 1;
   }
   const ruleset = renderFirewall(firewallPolicy(config));
-  const files = renderNetworkFiles(config);
+  const files = renderNetworkdFiles(config);
   if (only === 'firewall') {
     io.out(ruleset);
     return 0;
@@ -54,11 +55,12 @@ export function netShow(args: string[], io: Io): number {
     const ports = describePorts(config);
     const dev = config['ports'].filter((p) => p.interface === '').map((p) => `port ${p.name}: loopback/dev port ${p.address}:${p.port} (no network or firewall rendering)`);
     parts.push(`# rapd net show for ${configPath}`, ...[...ports, ...dev].map((l) => `#   ${l}`));
-    if (ports.length === 0) parts.push('#   no port has an interface: rapd applies nothing at start (shown: what the table would be)');
+    if (ports.length === 0) parts.push('#   no port has an interface: rapd applies nothing at start (shown: what it would be)');
     parts.push('', '### firewall: nft -f - (table inet rapbox)', ruleset);
   }
   for (const [name, text] of files) parts.push(`### ${dir}/${name}`, text);
-  if (files.size === 0 && only === 'network') parts.push('# no port has an interface: no networkd files');
+  const ntp = renderTimesyncd(config);
+  if (ntp !== null) parts.push(`### ${config['paths.timesyncd']}/${TIMESYNCD_DROPIN}`, ntp);
   io.out(`${parts.join('\n')}\n`);
   return 0;
 }

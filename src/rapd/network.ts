@@ -57,8 +57,11 @@ export function dhcpPool(s: Subnet): { offset: number; size: number; first: stri
 export function networkFileName(p: NetPort): string {
   return `${NETWORK_FILE_PREFIX}${p.name}.network`;
 }
-/** Every file rapd owns in the networkd directory starts with this (stale ones are removed). */
+/** Every instrument port file rapd owns in the networkd directory starts with this (stale ones are removed). */
 export const NETWORK_FILE_PREFIX = '10-rapbox-';
+/** The WAN's file (wan.ts): same name as the image's DHCP default, which it shadows; rapd's too. */
+export const WAN_NETWORK_FILE = '80-wan.network';
+const ownedByRapd = (name: string): boolean => (name.startsWith(NETWORK_FILE_PREFIX) && name.endsWith('.network')) || name === WAN_NETWORK_FILE;
 
 /** The .network file for one instrument port (systemd 257). */
 export function renderNetworkFile(p: NetPort): string {
@@ -128,8 +131,8 @@ export interface NetworkApplyResult {
 }
 
 /**
- * Make `dir` hold exactly `files` among rapd's own (NETWORK_FILE_PREFIX)
- * files: each written atomically, stale ones removed, then `networkctl
+ * Make `dir` hold exactly `files` among rapd's own (NETWORK_FILE_PREFIX and
+ * WAN_NETWORK_FILE) files: each written atomically, stale ones removed, then `networkctl
  * reload` once, only when something changed. Files of others are untouched.
  */
 export async function applyNetworkFiles(dir: string, files: ReadonlyMap<string, string>, run: Runner): Promise<NetworkApplyResult> {
@@ -149,7 +152,7 @@ export async function applyNetworkFiles(dir: string, files: ReadonlyMap<string, 
       changed.push(name);
     }
     for (const name of readdirSync(dir)) {
-      if (name.startsWith(NETWORK_FILE_PREFIX) && name.endsWith('.network') && !files.has(name)) {
+      if (ownedByRapd(name) && !files.has(name)) {
         unlinkSync(join(dir, name));
         changed.push(name);
       }
@@ -162,7 +165,7 @@ export async function applyNetworkFiles(dir: string, files: ReadonlyMap<string, 
   try {
     await run(['networkctl', 'reload'], { timeoutMs: 30_000 });
   } catch (e) {
-    throw new RapError('RAP_NET', `networkd did not take the instrument port files (${changed.join(', ')}): ${errorMessage(e)}`, { dir, changed }, { cause: e });
+    throw new RapError('RAP_NET', `networkd did not take rapd's files (${changed.join(', ')}): ${errorMessage(e)}`, { dir, changed }, { cause: e });
   }
   return { changed, reloaded: true };
 }

@@ -19,6 +19,8 @@ export interface Paths {
   procCmdline: string;
   /** systemd-networkd's runtime directory for the instrument ports' .network files. */
   networkd: string;
+  /** systemd-timesyncd's runtime drop-in directory (the WAN's NTP servers). */
+  timesyncd: string;
 }
 
 export const DEFAULT_CONTROL_SOCKET = '/run/rapd/rapd.sock';
@@ -32,5 +34,34 @@ export function pathsFromConfig(config: Config, procRoot = '/proc'): Paths {
     auditLog: join(config['paths.state'], 'audit.log'),
     procCmdline: join(procRoot, 'cmdline'),
     networkd: config['paths.networkd'],
+    timesyncd: config['paths.timesyncd'],
+  };
+}
+
+/**
+ * Provisioning (provision.ts): where the factory leaves a bundle on the data
+ * partition (/var), where it goes once applied or rejected, and the two
+ * config files it is merged from and into. `root` is "/" on the box.
+ */
+export interface ProvisionPaths {
+  /** The pending bundle the factory wrote (docs/provisioning.md). */
+  bundle: string;
+  /** The last applied bundle, secrets removed: "consumed", never applied again. */
+  applied: string;
+  /** The last rejected bundle, kept as it came for diagnosis, with reason.txt. */
+  rejected: string;
+  /** The image's factory configuration (read-only root). */
+  factoryConfig: string;
+  /** The site configuration rapd.service runs with (data partition). */
+  siteConfig: string;
+}
+
+export function provisionPaths(root = '/'): ProvisionPaths {
+  return {
+    bundle: join(root, 'var/lib/rapbox/provision'),
+    applied: join(root, 'var/lib/rapbox/provision.applied'),
+    rejected: join(root, 'var/lib/rapbox/provision.rejected'),
+    factoryConfig: join(root, 'etc/rapd/rapd.json'),
+    siteConfig: join(root, 'var/lib/rapd/rapd.json'),
   };
 }

@@ -16,27 +16,33 @@ import { ADDR, makeLab, netnsSkipReason } from './netns.ts';
 const rapd = requireRapd();
 const SYS_PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
 
-function tree(t: Test, ports: unknown[]) {
+function tree(t: Test, ports: unknown[], wan: Record<string, string> = {}) {
   // Short path: unix socket paths are limited to 108 bytes.
   const dir = mkdtempSync('/tmp/rapd-net-');
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const bin = join(dir, 'bin');
   mkdirSync(bin);
   const config = join(dir, 'rapd.json');
-  writeFileSync(config, JSON.stringify({ paths: { state: join(dir, 'state'), runtime: join(dir, 'run'), networkd: join(dir, 'networkd') }, ports }));
-  // networkd does not run on the test host: record what rapd asks of it.
-  writeFileSync(join(bin, 'networkctl'), `#!/bin/sh\necho "$*" >> ${join(dir, 'networkctl.log')}\n`);
-  chmodSync(join(bin, 'networkctl'), 0o755);
+  writeFileSync(config, JSON.stringify({ paths: { state: join(dir, 'state'), runtime: join(dir, 'run'), networkd: join(dir, 'networkd'), timesyncd: join(dir, 'timesyncd.conf.d') }, ports, wan }));
+  // networkd and timesyncd do not run on the test host: record what rapd asks of them.
+  for (const tool of ['networkctl', 'systemctl']) {
+    writeFileSync(join(bin, tool), `#!/bin/sh\necho "$*" >> ${join(dir, `${tool}.log`)}\n`);
+    chmodSync(join(bin, tool), 0o755);
+  }
   return { dir, bin, config, socket: join(dir, 'run', 'rapd.sock') };
 }
 
 t.test('rapd in the box namespace: firewall, networkd files, agents waiting for their addresses, an instrument served', { skip: netnsSkipReason() ?? false }, async (t) => {
   const lab = await makeLab(t, { boxAddresses: false });
   const { ns } = lab;
-  const b = tree(t, [
-    { name: 'p1', interface: 'inst1', pollIntervalSec: 0 },
-    { name: 'p2', interface: 'inst2', dhcp: false, pollIntervalSec: 0 },
-  ]);
+  const b = tree(
+    t,
+    [
+      { name: 'p1', interface: 'inst1', pollIntervalSec: 0 },
+      { name: 'p2', interface: 'inst2', dhcp: false, pollIntervalSec: 0 },
+    ],
+    { address: `${ADDR.boxWan}/24`, gateway: ADDR.wanPeer, dns: ADDR.wanPeer, ntp: ADDR.wanPeer },
+  );
   const child = lab.spawn(ns.box, [rapd, '--config', b.config], { PATH: `${b.bin}:${SYS_PATH}` });
   const done = collect(child, 60_000);
   let out = '';
@@ -45,8 +51,11 @@ t.test('rapd in the box namespace: firewall, networkd files, agents waiting for 
 
   await waitFor('both agents waiting for their address', () => logged('port address not there yet; retrying until it is', 'p1') && logged('port address not there yet; retrying until it is', 'p2'), 20_000);
   t.match(await lab.exec(ns.box, ['nft', 'list', 'table', 'inet', 'rapbox']), /chain port_p1 \{[\s\S]*?ip saddr 100\.87\.0\.0\/28 ip daddr 100\.87\.0\.1 tcp dport 7400 accept/, 'rapd loaded its firewall with nft');
-  t.same(readdirSync(join(b.dir, 'networkd')).sort(), ['10-rapbox-p1.network', '10-rapbox-p2.network']);
-  t.equal(readFileSync(join(b.dir, 'networkctl.log'), 'utf8'), 'reload\n', 'networkd asked to reload once');
+  t.same(readdirSync(join(b.dir, 'networkd')).sort(), ['10-rapbox-p1.network', '10-rapbox-p2.network', '80-wan.network']);
+  t.match(readFileSync(join(b.dir, 'networkd', '80-wan.network'), 'utf8'), new RegExp(`^Address=${ADDR.boxWan}/24\nGateway=${ADDR.wanPeer}\nDHCP=no\nDNS=${ADDR.wanPeer}$`, 'm'), 'the static WAN from the site config');
+  t.equal(readFileSync(join(b.dir, 'networkctl.log'), 'utf8'), 'reload\n', 'networkd asked to reload once (ports and WAN)');
+  t.match(readFileSync(join(b.dir, 'timesyncd.conf.d', '50-rapbox-wan.conf'), 'utf8'), new RegExp(`^NTP=${ADDR.wanPeer}$`, 'm'));
+  t.equal(readFileSync(join(b.dir, 'systemctl.log'), 'utf8'), 'try-restart systemd-timesyncd.service\n', 'timesyncd restarted for its NTP server');
 
   const st = await runBinary([rapd, 'ctl', '--socket', b.socket, 'status', '--json'], { PATH: SYS_PATH });
   t.equal(st.code, 0, st.stderr);

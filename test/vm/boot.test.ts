@@ -14,19 +14,15 @@ import t from 'tap';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { detectAccel, freshVars, overlayDisk, startVm } from '../../image/qemu.ts';
-import { makePki } from '../integration/helpers.ts';
 import { parseResults, waitForExit } from './results.ts';
-import { startCenter } from '../../src/center/server.ts';
+import { CENTER_IN_GUEST, startVmCenter } from './center.ts';
 import { openCenterDb } from '../../src/center/db.ts';
-import { createLogger } from '../../src/lib/log.ts';
 
 const REPO = join(import.meta.dirname, '../..');
 const IMAGE = process.env['RAPBOX_IMAGE'] ?? join(REPO, 'out/rapbox.img');
 const WORK = join(REPO, 'out/vm/boot');
 // TCG boots take 30-60 s on a loaded 2-core machine; this bounds a hang.
 const BOOT_BOUND_MS = 8 * 60_000;
-/** Where the guest reaches the test's rap-center (QEMU guestfwd to a host loopback port). */
-const CENTER_IN_GUEST = '10.0.2.100:443';
 const VM_DEVICE = 'box-vm';
 /** Left on the data partition by the first boot, looked for by the second. */
 const MARKER = `written by the first boot ${process.pid}`;
@@ -52,18 +48,7 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
   t.comment(`accelerator: ${accel}`);
 
   // A rap-center on the host, reached from the guest through guestfwd.
-  const pki = await makePki(WORK, { device: VM_DEVICE, ips: [CENTER_IN_GUEST.split(':')[0]!] });
-  const centerDb = join(WORK, 'center.db');
-  const center = await startCenter({
-    dbPath: centerDb,
-    host: '127.0.0.1',
-    port: 0,
-    key: readFileSync(join(pki, 'server.key')),
-    cert: readFileSync(join(pki, 'server.pem')),
-    ca: readFileSync(join(pki, 'ca.pem')),
-    log: createLogger({ write: () => {}, syslogPrefix: false }),
-  });
-  t.teardown(() => center.close());
+  const { pki, centerDb, port: centerPort } = await startVmCenter(t, WORK, VM_DEVICE);
   const siteConfig = {
     device: { name: 'rapbox-vm', id: VM_DEVICE },
     ports: [{ name: 'p1', address: '127.0.0.1', port: 7400, pollIntervalSec: 0 }],
@@ -88,7 +73,7 @@ t.test('the image boots to multi-user with rapd READY and rapctl answering', asy
     varsFile: freshVars(WORK),
     serial,
     resultsFile: results,
-    forwards: [{ guest: CENTER_IN_GUEST, host: `127.0.0.1:${center.port}` }],
+    forwards: [{ guest: CENTER_IN_GUEST, host: `127.0.0.1:${centerPort}` }],
     credentials: {
       ...selftestCredentials,
       'rapbox.marker': MARKER,

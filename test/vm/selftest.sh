@@ -90,6 +90,38 @@ if [ -f "$cred/rapbox.wait-ports" ]; then
   out rapd-journal-ports "$(journalctl -u rapd.service -b --no-pager -o cat 2>&1 | tail -30)"
 fi
 
+# Provisioning (test/vm/provision.test.ts): the factory bundle on the data
+# partition was consumed (or, on a later boot, skipped) before rapd started;
+# report what it left and how the WAN came up, send a few instrument messages
+# through a loopback port to the center and wait (bounded) for the uplink.
+if [ -f "$cred/rapbox.provision-report" ]; then
+  out prov-unit "$(systemctl show rapbox-provision.service -p ActiveState -p Result -p ExecMainStatus -p ConditionResult 2>&1)"
+  out prov-journal "$(journalctl -u rapbox-provision.service -b --no-pager -o cat 2>&1 | tail -20)"
+  out prov-files "$(stat -c '%a %U %n' /var/lib/rapbox/provision.applied /var/lib/rapbox/provision.applied/* /var/lib/rapd/rapd.json /var/lib/rapd/pki /var/lib/rapd/pki/* 2>&1)"
+  out prov-pending "$(ls -d /var/lib/rapbox/provision /var/lib/rapbox/provision.rejected 2>&1)"
+  out prov-config "$(cat /var/lib/rapd/rapd.json 2>&1)"
+  out wan-addr "$(ip -4 -o addr show dev wan 2>&1)"
+  out wan-route "$(ip -4 route show default 2>&1)"
+  out wan-dns "$(resolvectl dns wan 2>&1)"
+  out wan-ntp "$(timedatectl show-timesync -p SystemNTPServers -p LinkNTPServers 2>&1)"
+  out wan-networkd "$(ls /run/systemd/network /run/systemd/timesyncd.conf.d 2>&1; networkctl status wan --no-pager 2>&1 | head -25)"
+  if [ -f "$cred/rapbox.provision-sim" ]; then
+    out prov-sim "$(timeout 120 rapctl instrument-sim --connect 127.0.0.1:7401 --serial SN-PROV-1 --model DxH-900 --count 5 --json 2>&1)"
+    deadline=$(( $(date +%s) + 90 ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+      n=$(timeout 20 rapctl status --json 2>/dev/null | grep -o '"sentMessages": [0-9]*' | grep -o '[0-9]*$')
+      [ "${n:-0}" -ge 5 ] && break
+      sleep 2
+    done
+  fi
+  out prov-status "$(timeout 20 rapctl status --json 2>&1)"
+  out prov-rapd-journal "$(journalctl -u rapd.service -b --no-pager -o cat 2>&1 | tail -30)"
+  # A site change after provisioning, which a later boot must keep.
+  if [ -f "$cred/rapbox.provision-edit" ]; then
+    sed -i "s/$(cat "$cred/rapbox.provision-edit")/&-edited/" /var/lib/rapd/rapd.json && sync
+  fi
+fi
+
 printf 'RAPBOX-SELFTEST-END\n' >"$results"
 echo 'rapbox self-test: done, powering off' >/dev/console
 systemctl poweroff --no-block

@@ -108,10 +108,17 @@ t.test('refuses to replace a non-socket at the socket path', async (t) => {
   });
 });
 
-t.test('a port with an interface: firewall, then networkd files, then the agent (waiting for its address)', async (t) => {
+t.test('a port with an interface: firewall, then networkd files (ports and WAN), NTP, then the agent (waiting for its address)', async (t) => {
   const { dir, paths, log } = setup(t);
-  const config = parseConfig({ paths: { state: paths.state, runtime: paths.runtime, networkd: join(dir, 'networkd') }, ports: [{ name: 'p1', interface: 'inst1', address: '192.0.2.1/28' }] }, 'test');
-  const p = { ...paths, networkd: config['paths.networkd'] };
+  const config = parseConfig(
+    {
+      paths: { state: paths.state, runtime: paths.runtime, networkd: join(dir, 'networkd'), timesyncd: join(dir, 'timesyncd.conf.d') },
+      ports: [{ name: 'p1', interface: 'inst1', address: '192.0.2.1/28' }],
+      wan: { address: '198.51.100.10/24', gateway: '198.51.100.1', ntp: 'ntp.example.org' },
+    },
+    'test',
+  );
+  const p = { ...paths, networkd: config['paths.networkd'], timesyncd: config['paths.timesyncd'] };
   const steps: string[] = [];
   const firewall: FirewallAdaptor = {
     apply: async (ruleset) => void steps.push(`nft apply ${ruleset.includes('chain port_p1') ? 'with port_p1' : 'without port'}`),
@@ -124,9 +131,15 @@ t.test('a port with an interface: firewall, then networkd files, then the agent 
   }) as Runner;
   const d = await startDaemon({ config, paths: p, log, notifier: recordingNotifier().n, firewall, run, bindRetryMaxMs: 50 });
   t.teardown(() => d.stop('test'));
-  t.same(steps, ['nft apply with port_p1', 'networkctl reload (files: 10-rapbox-p1.network)']);
+  t.same(steps, [
+    'nft apply with port_p1',
+    'networkctl reload (files: 10-rapbox-p1.network,80-wan.network)',
+    'systemctl try-restart systemd-timesyncd.service (files: 10-rapbox-p1.network,80-wan.network)',
+  ]);
+  t.match(readFileSync(join(p.networkd, '80-wan.network'), 'utf8'), /^Address=198\.51\.100\.10\/24$/m, 'the static WAN from the site config');
+  t.equal(readFileSync(join(p.timesyncd, '50-rapbox-wan.conf'), 'utf8'), '# Written by rapd from the site config (wan.ntp); rewritten at every start, do not edit.\n[Time]\nNTP=ntp.example.org\n');
   const s = d.status();
-  t.match(s.network, { firewall: { table: 'inet rapbox', chains: 2, rules: 9 }, networkd: { dir: p.networkd, files: ['10-rapbox-p1.network'], reloaded: true } });
+  t.match(s.network, { firewall: { table: 'inet rapbox', chains: 2, rules: 9 }, networkd: { dir: p.networkd, files: ['10-rapbox-p1.network', '80-wan.network'], reloaded: true } });
   t.match(s.ports[0], { name: 'p1', listen: '192.0.2.1:7400', listening: false, bindError: 'EADDRNOTAVAIL' });
 });
 

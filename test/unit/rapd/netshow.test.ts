@@ -34,3 +34,11 @@ t.test('bad use and bad config: named, non-zero', async (t) => {
   t.match(call(['show', '--firewall', '--network']), { code: 2, err: /at most one/ });
   t.match(call(['show', '--config', join(dir, 'bad.json')]), { code: 1, err: /^rapd: RAP_CONFIG: config .*bad\.json: key 'ports\[0\]\.interface': "wan" is the WAN interface/ });
 });
+
+t.test('show: the WAN file and the NTP drop-in when the site sets them', async (t) => {
+  const dir = t.testdir({ 'rapd.json': JSON.stringify({ ...doc, wan: { address: '192.0.2.10/24', gateway: '192.0.2.1', ntp: 'ntp.example.org' } }) });
+  const net = call(['show', '--config', join(dir, 'rapd.json'), '--network']);
+  t.equal(net.code, 0, net.err);
+  t.match(net.out, /### \/run\/systemd\/network\/80-wan\.network\n# Written by rapd from the site config[\s\S]*^Address=192\.0\.2\.10\/24$/m);
+  t.match(net.out, /### \/run\/systemd\/timesyncd\.conf\.d\/50-rapbox-wan\.conf\n# Written by rapd[\s\S]*^NTP=ntp\.example\.org$/m);
+});

@@ -107,7 +107,7 @@ t.test('apply: a failed reload is RAP_NET naming the files', async (t) => {
   const dir = t.testdir({});
   await t.rejects(applyNetworkFiles(dir, renderNetworkFiles(config), recorder(true).run), {
     code: 'RAP_NET',
-    message: /networkd did not take the instrument port files \(10-rapbox-p1\.network, 10-rapbox-p3\.network\): networkctl reload: .*Failed to connect to bus/,
+    message: /networkd did not take rapd's files \(10-rapbox-p1\.network, 10-rapbox-p3\.network\): networkctl reload: .*Failed to connect to bus/,
   });
 });
 
