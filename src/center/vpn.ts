@@ -10,7 +10,7 @@ import { writeFileDurable } from '../lib/durable.ts';
 import { RapError } from '../lib/errors.ts';
 import { formatIPv4, parseCidr, subnetOf } from '../lib/ipv4.ts';
 import type { Runner } from '../lib/run.ts';
-import { VPN_DATA_CIPHERS, VPN_TLS13_SUITES, VPN_TLS_CIPHERS } from '../rapd/openvpn.ts';
+import { vpnTlsPolicy } from '../rapd/openvpn.ts';
 import { pkiPaths } from './pki.ts';
 
 export interface VpnServerSpec {
@@ -56,13 +56,10 @@ export function renderServerConfig(s: VpnServerSpec): string {
     // ECDHE only: no finite-field DH parameters.
     'dh none',
     'verify-client-cert require',
-    'remote-cert-tls client',
-    'tls-version-min 1.2',
-    `tls-cipher ${VPN_TLS_CIPHERS}`,
-    `tls-ciphersuites ${VPN_TLS13_SUITES}`,
-    `data-ciphers ${VPN_DATA_CIPHERS}`,
+    ...vpnTlsPolicy('client'),
     // Boxes never talk to each other through the center.
     'script-security 1',
+    // Not `keepalive`: it would push ping-restart to the boxes, whose clients end on ping-exit instead.
     'ping 5',
     'ping-restart 30',
     ...(s.managementSocket ? [`management ${s.managementSocket} unix`] : []),

@@ -32,6 +32,17 @@ export const VPN_DATA_CIPHERS = 'AES-256-GCM:AES-128-GCM';
 export const VPN_TLS_CIPHERS = 'TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384:TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256';
 export const VPN_TLS13_SUITES = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
 
+/** The TLS policy both ends render: the peer must hold a certificate for its role, approved suites only. */
+export function vpnTlsPolicy(peer: 'server' | 'client'): string[] {
+  return [
+    `remote-cert-tls ${peer}`,
+    'tls-version-min 1.2',
+    `tls-cipher ${VPN_TLS_CIPHERS}`,
+    `tls-ciphersuites ${VPN_TLS13_SUITES}`,
+    `data-ciphers ${VPN_DATA_CIPHERS}`,
+  ];
+}
+
 export interface VpnClientSpec {
   /** The tun interface (<= 15 characters). */
   dev: string;
@@ -73,12 +84,8 @@ export function renderClientConfig(s: VpnClientSpec): string {
     `cert ${s.certFile}`,
     `key ${s.keyFile}`,
     `tls-crypt ${s.tlsCryptFile}`,
-    'remote-cert-tls server',
+    ...vpnTlsPolicy('server'),
     `verify-x509-name ${s.serverName} name`,
-    'tls-version-min 1.2',
-    `tls-cipher ${VPN_TLS_CIPHERS}`,
-    `tls-ciphersuites ${VPN_TLS13_SUITES}`,
-    `data-ciphers ${VPN_DATA_CIPHERS}`,
     // The server sets our tunnel address; it may not set routes, DNS or a default gateway.
     'route-nopull',
     'pull-filter ignore "route"',
