@@ -4,12 +4,21 @@
 
 import type { InstrumentIdentity } from './telemetry.ts';
 
-export const CONTROL_METHODS = ['status'] as const;
+export const CONTROL_METHODS = ['status', 'sessions', 'session-open', 'session-close'] as const;
 export type ControlMethod = (typeof CONTROL_METHODS)[number];
 
-export interface ControlRequest {
-  method: ControlMethod;
-}
+/**
+ * session-open asks for a remote session from the box itself (an operator at
+ * the box, and the tests until the signed `session.open` command is wired):
+ * args as the command's ({port, services, who, why, maxDurationS}), checked
+ * by the session manager. It is answered when the session is active or was
+ * refused, which may take the whole consent timeout.
+ */
+export type ControlRequest =
+  | { method: 'status' }
+  | { method: 'sessions' }
+  | { method: 'session-open'; args: Record<string, unknown> }
+  | { method: 'session-close'; args: { sessionId: string } };
 
 /** Per-port agent state. */
 export interface PortReport {
@@ -70,6 +79,28 @@ export interface NetworkReport {
   networkd: { dir: string; files: string[]; reloaded: boolean };
 }
 
+export const SESSION_STATES = ['requested', 'prompted', 'approved', 'denied', 'timed-out', 'vpn-starting', 'pinhole-open', 'active', 'ended'] as const;
+export type SessionState = (typeof SESSION_STATES)[number];
+export const END_REASONS = ['denied', 'timeout', 'center-close', 'expired', 'local-revoke', 'vpn-loss', 'rapd-stop', 'failed'] as const;
+export type EndReason = (typeof END_REASONS)[number];
+
+export interface SessionReport {
+  id: string;
+  port: string;
+  instrument: string;
+  address: string;
+  who: string;
+  why: string;
+  services: number[];
+  state: SessionState;
+  requestedAt: string;
+  activeAt: string | null;
+  expiresAt: string | null;
+  tunnelIp: string | null;
+  endReason: EndReason | null;
+  bytes: { in: number; out: number } | null;
+}
+
 export interface StatusReport {
   name: string;
   version: string;
@@ -88,10 +119,13 @@ export interface StatusReport {
   uplink: UplinkReport | null;
   /** null when no port has an interface (loopback/dev ports only: nothing applied). */
   network: NetworkReport | null;
+  /** Remote sessions: open or being asked for, then the recently ended ones (rapd/session.ts SessionInfo). */
+  sessions?: SessionReport[];
 }
 
-export type ControlResponse =
-  | { ok: true; result: StatusReport }
+/** R: what the method answers (status: StatusReport; sessions: a list; session-open: the open result). */
+export type ControlResponse<R = StatusReport> =
+  | { ok: true; result: R }
   | { ok: false; error: { code: string; message: string } };
 
 /** Largest request line accepted; a request is tiny, anything bigger is abuse. */
@@ -113,7 +147,15 @@ export function parseControlRequest(line: string): ControlRequest {
   if (!(CONTROL_METHODS as readonly string[]).includes(method)) {
     throw new Error(`unknown method ${JSON.stringify(method)} (known: ${CONTROL_METHODS.join(', ')})`);
   }
-  const extra = Object.keys(doc).filter((k) => k !== 'method');
+  const m = method as ControlMethod;
+  const takesArgs = m === 'session-open' || m === 'session-close';
+  const extra = Object.keys(doc).filter((k) => k !== 'method' && !(takesArgs && k === 'args'));
   if (extra.length > 0) throw new Error(`unknown request field(s): ${extra.join(', ')}`);
-  return { method: method as ControlMethod };
+  if (!takesArgs) return { method: m } as ControlRequest;
+  const args = (doc as { args?: unknown }).args;
+  if (args === null || typeof args !== 'object' || Array.isArray(args)) throw new Error(`${m}: 'args' must be a JSON object`);
+  if (m === 'session-open') return { method: m, args: args as Record<string, unknown> };
+  const id = (args as { sessionId?: unknown }).sessionId;
+  if (typeof id !== 'string' || id === '') throw new Error("session-close: 'args.sessionId' must be a session id");
+  return { method: m, args: { sessionId: id } };
 }

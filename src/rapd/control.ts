@@ -5,12 +5,18 @@
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
-import { RapError, errorMessage } from '../lib/errors.ts';
+import { RapError, errorMessage, isRapError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { MAX_REQUEST_BYTES, parseControlRequest, type ControlResponse, type StatusReport } from '../protocol/control.ts';
 
 export interface ControlHandlers {
   status(): StatusReport;
+  /** Remote sessions (null: this box has no port that can have one). */
+  sessions?: {
+    list(): unknown;
+    open(args: Record<string, unknown>): Promise<unknown>;
+    close(sessionId: string): Promise<unknown>;
+  };
 }
 
 export interface ControlServer {
@@ -43,9 +49,12 @@ export async function startControlServer(path: string, handlers: ControlHandlers
     sockets.add(sock);
     sock.on('close', () => sockets.delete(sock));
     sock.on('error', () => sock.destroy());
+    // The bound is on sending the request; a session-open then waits for the user's answer.
     sock.setTimeout(10_000, () => sock.destroy());
     let buf = '';
+    let taken = false;
     sock.on('data', (chunk: Buffer) => {
+      if (taken) return;
       buf += chunk.toString('utf8');
       const nl = buf.indexOf('\n');
       if (nl < 0) {
@@ -54,24 +63,38 @@ export async function startControlServer(path: string, handlers: ControlHandlers
       }
       const line = buf.slice(0, nl);
       buf = '';
-      reply(sock, handle(line));
+      taken = true;
+      sock.setTimeout(0);
+      void handle(line).then((res) => reply(sock, res));
     });
   });
 
-  const fail = (message: string): ControlResponse => ({ ok: false, error: { code: 'RAP_CONTROL', message } });
-  const handle = (line: string): ControlResponse => {
+  const fail = (message: string): ControlResponse<unknown> => ({ ok: false, error: { code: 'RAP_CONTROL', message } });
+  const handle = async (line: string): Promise<ControlResponse<unknown>> => {
+    let req;
     try {
-      const req = parseControlRequest(line);
-      switch (req.method) {
-        case 'status':
-          return { ok: true, result: handlers.status() };
-      }
+      req = parseControlRequest(line);
     } catch (e) {
       log.warn('control request rejected', { error: errorMessage(e) });
       return fail(errorMessage(e));
     }
+    if (req.method === 'status') return { ok: true, result: handlers.status() };
+    const s = handlers.sessions;
+    if (!s) return fail('remote sessions need an instrument port with an interface');
+    try {
+      switch (req.method) {
+        case 'sessions':
+          return { ok: true, result: s.list() };
+        case 'session-open':
+          return { ok: true, result: await s.open(req.args) };
+        case 'session-close':
+          return { ok: true, result: await s.close(req.args.sessionId) };
+      }
+    } catch (e) {
+      return { ok: false, error: { code: isRapError(e) ? e.code : 'RAP_CONTROL', message: errorMessage(e) } };
+    }
   };
-  const reply = (sock: Socket, res: ControlResponse): void => {
+  const reply = (sock: Socket, res: ControlResponse<unknown>): void => {
     sock.end(`${JSON.stringify(res)}\n`);
   };
 

@@ -16,6 +16,8 @@ import { FIREWALL_TABLE, applyFirewall, firewallPolicy, nftAdaptor, renderFirewa
 import { applyNetworkFiles, netPorts, renderNetworkFiles } from './network.ts';
 import type { Notifier } from './notify.ts';
 import { MessageStore } from './store.ts';
+import type { AuditSink, SessionManager } from './session.ts';
+import { journalAudit, localSessionRequest, startSessionHost } from './session-host.ts';
 import { Uplink } from './uplink.ts';
 import type { Paths } from './paths.ts';
 import { RAPD_VERSION } from './version.ts';
@@ -33,6 +35,8 @@ export interface DaemonDeps {
   firewall?: FirewallAdaptor;
   /** Longest wait between bind retries while a port address is missing. */
   bindRetryMaxMs?: number;
+  /** Where session and firewall events are audited (default: the journal). */
+  audit?: AuditSink;
 }
 
 export interface Daemon {
@@ -70,13 +74,15 @@ function checkStateDir(dir: string, record: string): void {
  * stay in place when rapd stops: stopping never opens the box. Nothing is
  * touched when all ports are loopback/dev ports.
  */
-async function applyNetwork(deps: DaemonDeps, now: () => Date): Promise<NetworkReport | null> {
+/** nft, networkctl and openvpn alike: the command line in the debug log. */
+function loggedRunner(deps: DaemonDeps): Runner {
+  const door = deps.run ?? realRun;
+  return (argv, opts) => door(argv, { ...opts, onStart: (cmd) => deps.log.debug('run', { cmd }) });
+}
+
+async function applyNetwork(deps: DaemonDeps, now: () => Date, run: Runner, fw: FirewallAdaptor): Promise<NetworkReport | null> {
   const { config, paths, log } = deps;
   if (netPorts(config).length === 0) return null;
-  const door = deps.run ?? realRun;
-  // nft and networkctl alike: the command line in the debug log.
-  const run: Runner = (argv, opts) => door(argv, { ...opts, onStart: (cmd) => log.debug('run', { cmd }) });
-  const fw = deps.firewall ?? nftAdaptor(run);
   const state = await applyFirewall(fw, renderFirewall(firewallPolicy(config)));
   const files = renderNetworkFiles(config);
   const applied = await applyNetworkFiles(paths.networkd, files, run);
@@ -100,7 +106,9 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   const slot = readSlot(paths.procCmdline);
 
   checkStateDir(paths.state, `${JSON.stringify({ version: RAPD_VERSION, pid: process.pid, startedAt: startedAt.toISOString() })}\n`);
-  const network = await applyNetwork(deps, now);
+  const run = loggedRunner(deps);
+  const fw = deps.firewall ?? nftAdaptor(run);
+  const network = await applyNetwork(deps, now, run, fw);
 
   // Each part started is pushed here so a failure later unwinds it (never half-started).
   const undo: (() => Promise<void> | void)[] = [];
@@ -111,6 +119,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   let store: MessageStore;
   const agents: PortAgent[] = [];
   let uplink: Uplink | null = null;
+  let sessions: SessionManager | null = null;
   try {
     store = MessageStore.open({
       path: paths.queueDb,
@@ -131,6 +140,10 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
       agents.push(agent);
       undo.push(() => agent.stop());
     }
+    // Unwound before the agents: every session ends (pinhole closed, VPN stopped) and the instrument is told.
+    sessions = startSessionHost({ config, paths, log, run, firewall: fw, agents, audit: deps.audit ?? journalAudit(log), env: deps.env ?? process.env });
+    const mgr = sessions;
+    if (mgr) undo.push(() => mgr.stop());
   } catch (e) {
     await unwind();
     throw e;
@@ -151,11 +164,29 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
     store: store.stats(),
     uplink: uplink?.status() ?? null,
     network,
+    sessions: sessions?.list() ?? [],
   });
 
   let control: ControlServer;
   try {
-    control = await startControlServer(paths.controlSocket, { status }, log);
+    const mgr = sessions;
+    control = await startControlServer(
+      paths.controlSocket,
+      {
+        status,
+        sessions: mgr
+          ? {
+              list: () => mgr.list(),
+              open: (args) => mgr.open(localSessionRequest(args)),
+              close: async (id) => {
+                if (!(await mgr.end(id, 'center-close'))) throw new RapError('RAP_SESSION', `no open session ${id}`);
+                return { sessionId: id, closed: true };
+              },
+            }
+          : undefined,
+      },
+      log,
+    );
   } catch (e) {
     await unwind();
     throw e;

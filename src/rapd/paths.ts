@@ -17,6 +17,14 @@ export interface Paths {
   procCmdline: string;
   /** systemd-networkd's runtime directory for the instrument ports' .network files. */
   networkd: string;
+  /** IPv4 forwarding: on only while a remote session is active. */
+  ipForward: string;
+  /** /proc, to check that a leftover PID is still an openvpn. */
+  proc: string;
+  /** The instruments' "never" answers to remote-session requests. */
+  sessionRefusals: string;
+  /** A session VPN's runtime files: config, management socket, PID file, proxy credentials. */
+  vpnFile(dev: string, ext: 'conf' | 'sock' | 'pid' | 'auth'): string;
 }
 
 export const DEFAULT_CONTROL_SOCKET = '/run/rapd/rapd.sock';
@@ -29,5 +37,9 @@ export function pathsFromConfig(config: Config, procRoot = '/proc'): Paths {
     queueDb: join(config['paths.state'], 'queue.db'),
     procCmdline: join(procRoot, 'cmdline'),
     networkd: config['paths.networkd'],
+    ipForward: join(procRoot, 'sys/net/ipv4/ip_forward'),
+    proc: procRoot,
+    sessionRefusals: join(config['paths.state'], 'session-refusals.json'),
+    vpnFile: (dev, ext) => join(config['paths.runtime'], `vpn-${dev}.${ext}`),
   };
 }

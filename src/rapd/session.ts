@@ -29,6 +29,7 @@ import {
   type ConsentAnswer,
   type ConsentRequestFrame,
 } from '../protocol/instrument.ts';
+import type { SessionReport } from '../protocol/control.ts';
 import type { Pinhole } from './firewall.ts';
 import type { VpnHandle } from './openvpn.ts';
 
@@ -107,27 +108,11 @@ export interface SessionRequest {
   actor: string;
 }
 
-export const SESSION_STATES = ['requested', 'prompted', 'approved', 'denied', 'timed-out', 'vpn-starting', 'pinhole-open', 'active', 'ended'] as const;
-export type SessionState = (typeof SESSION_STATES)[number];
-export const END_REASONS = ['denied', 'timeout', 'center-close', 'expired', 'local-revoke', 'vpn-loss', 'rapd-stop', 'failed'] as const;
-export type EndReason = (typeof END_REASONS)[number];
+export { SESSION_STATES, END_REASONS, type SessionState, type EndReason } from '../protocol/control.ts';
+import type { EndReason } from '../protocol/control.ts';
 
-export interface SessionInfo {
-  id: string;
-  port: string;
-  instrument: string;
-  address: string;
-  who: string;
-  why: string;
-  services: number[];
-  state: SessionState;
-  requestedAt: string;
-  activeAt: string | null;
-  expiresAt: string | null;
-  tunnelIp: string | null;
-  endReason: EndReason | null;
-  bytes: { in: number; out: number } | null;
-}
+/** A session as `rapctl status` shows it (defined once, in the control protocol). */
+export type SessionInfo = SessionReport;
 
 /** What `open` resolves to (the command's result). */
 export type OpenResult =
