@@ -16,7 +16,8 @@ if (mode === 'listen') {
   let pending = endpoints.length;
   for (const ep of endpoints) {
     const i = ep.lastIndexOf(':');
-    createServer((s) => s.end(`${name}\n`))
+    // A peer that resets at once (nmap's connect scan) must not kill the listener (EPIPE/ECONNRESET).
+    createServer((s) => s.on('error', () => {}).end(`${name}\n`))
       .on('error', (e) => {
         process.stderr.write(`listen ${ep}: ${e.message}\n`);
         process.exit(2);
