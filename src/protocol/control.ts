@@ -2,23 +2,40 @@
 // socket: one JSON request per line, one JSON response per line. Shared by
 // both ends so they cannot drift apart.
 
+import type { AuditRecord, ChainHead, VerifyReport } from './audit.ts';
 import type { InstrumentIdentity } from './telemetry.ts';
 
-export const CONTROL_METHODS = ['status', 'sessions', 'session-open', 'session-close'] as const;
+export const CONTROL_METHODS = ['status', 'audit.read', 'audit.verify', 'sessions', 'session-open', 'session-close'] as const;
 export type ControlMethod = (typeof CONTROL_METHODS)[number];
+
+/** Most audit records in one `audit.read` answer. */
+export const AUDIT_READ_MAX = 1000;
 
 /**
  * session-open asks for a remote session from the box itself (an operator at
- * the box, and the tests until the signed `session.open` command is wired):
- * args as the command's ({port, services, who, why, maxDurationS}), checked
- * by the session manager. It is answered when the session is active or was
- * refused, which may take the whole consent timeout.
+ * the box; the center uses the signed `session.open` command): args as the
+ * command's ({port, services, who, why, maxDurationS}), checked by the
+ * session manager. It is answered when the session is active or was refused,
+ * which may take the whole consent timeout.
  */
 export type ControlRequest =
   | { method: 'status' }
+  /** Records with seq > after, oldest first, at most limit. */
+  | { method: 'audit.read'; after: number; limit: number }
+  | { method: 'audit.verify' }
   | { method: 'sessions' }
   | { method: 'session-open'; args: Record<string, unknown> }
   | { method: 'session-close'; args: { sessionId: string } };
+
+/** What each method answers. */
+export interface ControlResults {
+  status: StatusReport;
+  'audit.read': AuditRecord[];
+  'audit.verify': VerifyReport;
+  sessions: SessionReport[];
+  'session-open': unknown;
+  'session-close': unknown;
+}
 
 /** Per-port agent state. */
 export interface PortReport {
@@ -72,6 +89,39 @@ export interface UplinkReport {
   wireBytes: number;
 }
 
+export interface ChannelReport {
+  url: string;
+  proxy: string;
+  state: 'idle' | 'connecting' | 'connected' | 'backoff' | 'stopped';
+  connectedSince: string | null;
+  lastError: string | null;
+  consecutiveFailures: number;
+  nextAttemptAt: string | null;
+  commandsReceived: number;
+  resultsSent: number;
+}
+
+export interface CommandsReport {
+  /** Command types this box handles. */
+  types: string[];
+  /** Trusted center command key ids. */
+  keys: string[];
+  accepted: number;
+  rejected: number;
+  inFlight: number;
+  /** Accepted command ids remembered against replay (until their expiry). */
+  remembered: number;
+}
+
+export interface AuditReport {
+  path: string;
+  head: ChainHead | null;
+  /** The head that reached the store (forwarded to the center from there). */
+  anchor: ChainHead | null;
+  /** What the open found (torn tail cut, broken chain), or null. */
+  recovered: string | null;
+}
+
 /** The instrument ports' network and the firewall, as applied at start. */
 export interface NetworkReport {
   firewall: { table: string; appliedAt: string; chains: number; rules: number };
@@ -119,17 +169,26 @@ export interface StatusReport {
   uplink: UplinkReport | null;
   /** null when no port has an interface (loopback/dev ports only: nothing applied). */
   network: NetworkReport | null;
-  /** Remote sessions: open or being asked for, then the recently ended ones (rapd/session.ts SessionInfo). */
+  /** null when no center is configured. */
+  channel: ChannelReport | null;
+  commands: CommandsReport;
+  audit: AuditReport;
+  /** Remote sessions: open or being asked for, then the recently ended ones. */
   sessions?: SessionReport[];
 }
 
-/** R: what the method answers (status: StatusReport; sessions: a list; session-open: the open result). */
-export type ControlResponse<R = StatusReport> =
-  | { ok: true; result: R }
+export type ControlResponse<T = StatusReport> =
+  | { ok: true; result: T }
   | { ok: false; error: { code: string; message: string } };
 
 /** Largest request line accepted; a request is tiny, anything bigger is abuse. */
 export const MAX_REQUEST_BYTES = 4096;
+
+function intField(doc: Record<string, unknown>, name: string, min: number, max: number): number {
+  const v = doc[name];
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) throw new Error(`'${name}': expected an integer from ${min} to ${max}`);
+  return v;
+}
 
 /** Parse one request line; throws an Error whose message names what is wrong. */
 export function parseControlRequest(line: string): ControlRequest {
@@ -147,15 +206,19 @@ export function parseControlRequest(line: string): ControlRequest {
   if (!(CONTROL_METHODS as readonly string[]).includes(method)) {
     throw new Error(`unknown method ${JSON.stringify(method)} (known: ${CONTROL_METHODS.join(', ')})`);
   }
-  const m = method as ControlMethod;
-  const takesArgs = m === 'session-open' || m === 'session-close';
-  const extra = Object.keys(doc).filter((k) => k !== 'method' && !(takesArgs && k === 'args'));
+  const takesArgs = method === 'session-open' || method === 'session-close';
+  const allowed = method === 'audit.read' ? ['method', 'after', 'limit'] : takesArgs ? ['method', 'args'] : ['method'];
+  const extra = Object.keys(doc).filter((k) => !allowed.includes(k));
   if (extra.length > 0) throw new Error(`unknown request field(s): ${extra.join(', ')}`);
-  if (!takesArgs) return { method: m } as ControlRequest;
+  if (method === 'audit.read') {
+    const d = doc as Record<string, unknown>;
+    return { method, after: intField(d, 'after', 0, Number.MAX_SAFE_INTEGER), limit: intField(d, 'limit', 1, AUDIT_READ_MAX) };
+  }
+  if (!takesArgs) return { method: method as 'status' | 'audit.verify' | 'sessions' };
   const args = (doc as { args?: unknown }).args;
-  if (args === null || typeof args !== 'object' || Array.isArray(args)) throw new Error(`${m}: 'args' must be a JSON object`);
-  if (m === 'session-open') return { method: m, args: args as Record<string, unknown> };
+  if (args === null || typeof args !== 'object' || Array.isArray(args)) throw new Error(`${method}: 'args' must be a JSON object`);
+  if (method === 'session-open') return { method, args: args as Record<string, unknown> };
   const id = (args as { sessionId?: unknown }).sessionId;
   if (typeof id !== 'string' || id === '') throw new Error("session-close: 'args.sessionId' must be a session id");
-  return { method: m, args: { sessionId: id } };
+  return { method: 'session-close', args: { sessionId: id } };
 }

@@ -7,13 +7,16 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import { RapError, errorMessage, isRapError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
-import { MAX_REQUEST_BYTES, parseControlRequest, type ControlResponse, type StatusReport } from '../protocol/control.ts';
+import type { AuditRecord, VerifyReport } from '../protocol/audit.ts';
+import { MAX_REQUEST_BYTES, parseControlRequest, type ControlResponse, type SessionReport, type StatusReport } from '../protocol/control.ts';
 
 export interface ControlHandlers {
   status(): StatusReport;
-  /** Remote sessions (null: this box has no port that can have one). */
+  auditRead(after: number, limit: number): AuditRecord[];
+  auditVerify(): VerifyReport;
+  /** Remote sessions (undefined: this box has no port that can have one). */
   sessions?: {
-    list(): unknown;
+    list(): SessionReport[];
     open(args: Record<string, unknown>): Promise<unknown>;
     close(sessionId: string): Promise<unknown>;
   };
@@ -69,7 +72,7 @@ export async function startControlServer(path: string, handlers: ControlHandlers
     });
   });
 
-  const fail = (message: string): ControlResponse<unknown> => ({ ok: false, error: { code: 'RAP_CONTROL', message } });
+  const fail = (message: string, code = 'RAP_CONTROL'): ControlResponse<unknown> => ({ ok: false, error: { code, message } });
   const handle = async (line: string): Promise<ControlResponse<unknown>> => {
     let req;
     try {
@@ -78,10 +81,17 @@ export async function startControlServer(path: string, handlers: ControlHandlers
       log.warn('control request rejected', { error: errorMessage(e) });
       return fail(errorMessage(e));
     }
-    if (req.method === 'status') return { ok: true, result: handlers.status() };
-    const s = handlers.sessions;
-    if (!s) return fail('remote sessions need an instrument port with an interface');
     try {
+      switch (req.method) {
+        case 'status':
+          return { ok: true, result: handlers.status() };
+        case 'audit.read':
+          return { ok: true, result: handlers.auditRead(req.after, req.limit) };
+        case 'audit.verify':
+          return { ok: true, result: handlers.auditVerify() };
+      }
+      const s = handlers.sessions;
+      if (!s) return fail('remote sessions need an instrument port with an interface', 'RAP_SESSION');
       switch (req.method) {
         case 'sessions':
           return { ok: true, result: s.list() };
@@ -91,7 +101,8 @@ export async function startControlServer(path: string, handlers: ControlHandlers
           return { ok: true, result: await s.close(req.args.sessionId) };
       }
     } catch (e) {
-      return { ok: false, error: { code: isRapError(e) ? e.code : 'RAP_CONTROL', message: errorMessage(e) } };
+      log.warn('control request failed', { method: req.method, error: errorMessage(e) });
+      return fail(errorMessage(e), isRapError(e) ? e.code : 'RAP_CONTROL');
     }
   };
   const reply = (sock: Socket, res: ControlResponse<unknown>): void => {

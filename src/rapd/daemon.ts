@@ -2,22 +2,28 @@
 // the watchdog fed, and stop cleanly. Everything host-facing is passed in, so
 // tests run the whole daemon against a temporary tree.
 
+import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileDurable } from '../lib/durable.ts';
 import { RapError, errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { run as realRun, type Runner } from '../lib/run.ts';
+import { canonicalJson } from '../protocol/canonical.ts';
 import type { NetworkReport, StatusReport } from '../protocol/control.ts';
 import { redactConfig, type Config } from './config.ts';
+import { AuditLog, forwardAudit, readAnchor } from './audit.ts';
+import { CommandChannel } from './channel.ts';
+import { CommandRouter, registerBuiltins, trustedKeys } from './commands.ts';
+import type { AuditEvent, AuditRecord } from '../protocol/audit.ts';
 import { startControlServer, type ControlServer } from './control.ts';
 import { PortAgent } from './agent.ts';
 import { FIREWALL_TABLE, applyFirewall, firewallPolicy, nftAdaptor, renderFirewall, type FirewallAdaptor } from './firewall.ts';
 import { applyNetworkFiles, netPorts, renderNetworkFiles } from './network.ts';
 import type { Notifier } from './notify.ts';
 import { MessageStore } from './store.ts';
-import type { AuditSink, SessionManager } from './session.ts';
-import { journalAudit, localSessionRequest, startSessionHost } from './session-host.ts';
+import type { SessionManager } from './session.ts';
+import { localSessionRequest, registerSessionCommands, startSessionHost } from './session-host.ts';
 import { Uplink } from './uplink.ts';
 import type { Paths } from './paths.ts';
 import { RAPD_VERSION } from './version.ts';
@@ -35,8 +41,6 @@ export interface DaemonDeps {
   firewall?: FirewallAdaptor;
   /** Longest wait between bind retries while a port address is missing. */
   bindRetryMaxMs?: number;
-  /** Where session and firewall events are audited (default: the journal). */
-  audit?: AuditSink;
 }
 
 export interface Daemon {
@@ -80,10 +84,19 @@ function loggedRunner(deps: DaemonDeps): Runner {
   return (argv, opts) => door(argv, { ...opts, onStart: (cmd) => deps.log.debug('run', { cmd }) });
 }
 
-async function applyNetwork(deps: DaemonDeps, now: () => Date, run: Runner, fw: FirewallAdaptor): Promise<NetworkReport | null> {
+async function applyNetwork(deps: DaemonDeps, now: () => Date, audit: AuditLog, run: Runner, fw: FirewallAdaptor): Promise<NetworkReport | null> {
   const { config, paths, log } = deps;
   if (netPorts(config).length === 0) return null;
-  const state = await applyFirewall(fw, renderFirewall(firewallPolicy(config)));
+  const ruleset = renderFirewall(firewallPolicy(config));
+  const sha256 = createHash('sha256').update(ruleset).digest('hex');
+  let state;
+  try {
+    state = await applyFirewall(fw, ruleset);
+  } catch (e) {
+    await auditOrLog(audit, log, { actor: 'rapd', action: 'firewall.applied', outcome: 'error', details: { table: FIREWALL_TABLE, sha256, error: errorMessage(e) } });
+    throw e;
+  }
+  await auditOrLog(audit, log, { actor: 'rapd', action: 'firewall.applied', outcome: 'ok', details: { table: FIREWALL_TABLE, sha256, chains: state.chains.length, rules: state.rules } });
   const files = renderNetworkFiles(config);
   const applied = await applyNetworkFiles(paths.networkd, files, run);
   log.info('instrument ports configured', {
@@ -98,6 +111,33 @@ async function applyNetwork(deps: DaemonDeps, now: () => Date, run: Runner, fw: 
   };
 }
 
+/**
+ * `config.changed` when the configuration differs from the one the last
+ * such record describes (the first start records it too). Secret values are
+ * redacted before anything is hashed or recorded (a hash of a proxy password
+ * could be guessed offline), so a change of a secret alone is not seen.
+ */
+/**
+ * Record what rapd did at start. A record that cannot be written (data
+ * partition full, I/O error) is logged and does not stop the start: the
+ * firewall and the telemetry matter more than their record. Commands are
+ * different: without their record they do not run (commands.ts).
+ */
+async function auditOrLog(audit: AuditLog, log: Logger, event: AuditEvent): Promise<void> {
+  await audit.append(event).catch((e: unknown) => log.error('audit record not written', { action: event.action, error: errorMessage(e) }));
+}
+
+async function auditConfig(audit: AuditLog, log: Logger, config: Config): Promise<void> {
+  const shown = redactConfig(config);
+  const sha256 = createHash('sha256').update(canonicalJson(shown)).digest('hex');
+  const last = audit.last('config.changed');
+  if (last?.details['sha256'] === sha256) return;
+  const before = (last?.details['config'] ?? {}) as Record<string, unknown>;
+  // The first record has nothing to compare with: it lists no changed keys, only the config.
+  const changedKeys = last ? Object.keys(shown).filter((k) => canonicalJson(shown[k]) !== canonicalJson(before[k] ?? null)) : [];
+  await auditOrLog(audit, log, { actor: 'rapd', action: 'config.changed', outcome: 'ok', details: { sha256, first: last === null, changedKeys, config: shown } });
+}
+
 export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   const { config, paths, log, notifier } = deps;
   const now = deps.now ?? (() => new Date());
@@ -108,10 +148,34 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   checkStateDir(paths.state, `${JSON.stringify({ version: RAPD_VERSION, pid: process.pid, startedAt: startedAt.toISOString() })}\n`);
   const run = loggedRunner(deps);
   const fw = deps.firewall ?? nftAdaptor(run);
-  const network = await applyNetwork(deps, now, run, fw);
+  // The audit log first: the firewall and config changes below are audited, and
+  // the accepted commands in it rebuild the replay memory.
+  const accepted: AuditRecord[] = [];
+  const audit = AuditLog.open({ path: paths.auditLog, log: log.child({ part: 'audit' }) }, (r) => {
+    if (r.action === 'command.accepted') accepted.push(r);
+  });
+  const router = new CommandRouter({
+    policy: {
+      deviceId: config['device.id'],
+      keys: trustedKeys(config['commands.keys']),
+      maxLifetimeMs: config['commands.maxLifetimeSec'] * 1000,
+      skewMs: config['commands.clockSkewSec'] * 1000,
+    },
+    audit,
+    log,
+  });
+  for (const r of accepted) router.rememberFromAudit(r);
+  let network: NetworkReport | null;
+  try {
+    await auditConfig(audit, log, config);
+    network = await applyNetwork(deps, now, audit, run, fw);
+  } catch (e) {
+    await audit.close();
+    throw e;
+  }
 
   // Each part started is pushed here so a failure later unwinds it (never half-started).
-  const undo: (() => Promise<void> | void)[] = [];
+  const undo: (() => Promise<void> | void)[] = [() => audit.close()];
   const unwind = async (): Promise<void> => {
     for (const u of undo.reverse()) await Promise.resolve(u()).catch(() => {});
   };
@@ -120,6 +184,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   const agents: PortAgent[] = [];
   let uplink: Uplink | null = null;
   let sessions: SessionManager | null = null;
+  let channel: CommandChannel | null = null;
   try {
     store = MessageStore.open({
       path: paths.queueDb,
@@ -129,6 +194,8 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
       log: log.child({ part: 'store' }),
     });
     undo.push(() => store.close());
+    undo.push(await forwardAudit(audit, store, log.child({ part: 'audit' })));
+    registerBuiltins(router, audit, () => readAnchor(store));
     if (config['center.url'] !== '') {
       uplink = new Uplink({ config, store, log, env: deps.env });
       uplink.start();
@@ -141,9 +208,19 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
       undo.push(() => agent.stop());
     }
     // Unwound before the agents: every session ends (pinhole closed, VPN stopped) and the instrument is told.
-    sessions = startSessionHost({ config, paths, log, run, firewall: fw, agents, audit: deps.audit ?? journalAudit(log), env: deps.env ?? process.env });
+    sessions = startSessionHost({ config, paths, log, run, firewall: fw, agents, audit, env: deps.env ?? process.env });
     const mgr = sessions;
-    if (mgr) undo.push(() => mgr.stop());
+    if (mgr) {
+      undo.push(() => mgr.stop());
+      registerSessionCommands(router, mgr);
+    }
+    // The command channel last: every handler is registered before a command can arrive.
+    if (config['center.url'] !== '') {
+      channel = new CommandChannel({ config, router, log, env: deps.env, auditHead: () => audit.headNow() });
+      channel.start();
+      const c = channel;
+      undo.push(() => c.stop());
+    }
   } catch (e) {
     await unwind();
     throw e;
@@ -165,6 +242,9 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
     uplink: uplink?.status() ?? null,
     network,
     sessions: sessions?.list() ?? [],
+    channel: channel?.status() ?? null,
+    commands: { types: router.types(), keys: config['commands.keys'].map((k) => k.id), ...router.stats() },
+    audit: { path: paths.auditLog, head: audit.headNow(), anchor: readAnchor(store), recovered: audit.recovered },
   });
 
   let control: ControlServer;
@@ -174,6 +254,8 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
       paths.controlSocket,
       {
         status,
+        auditRead: (after, limit) => audit.read(after, limit),
+        auditVerify: () => audit.verify(readAnchor(store)),
         sessions: mgr
           ? {
               list: () => mgr.list(),

@@ -6,27 +6,18 @@
 
 import { writeFileSync } from 'node:fs';
 import { writeFileDurable } from '../lib/durable.ts';
-import { RapError, errorMessage } from '../lib/errors.ts';
+import { RapError, errorMessage, isRapError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { resolveProxy } from '../lib/proxy.ts';
 import type { Runner } from '../lib/run.ts';
 import type { PortAgent } from './agent.ts';
+import type { CommandHandler, CommandResult } from './commands.ts';
 import type { Config } from './config.ts';
 import { applyFirewall, firewallPolicy, renderFirewall, type FirewallAdaptor } from './firewall.ts';
 import { netPorts } from './network.ts';
 import { openvpnStarter, reapStaleVpns } from './openvpn.ts';
 import type { Paths } from './paths.ts';
 import { SessionManager, type AuditSink, type SessionPort, type SessionRequest } from './session.ts';
-
-/** Until the hash-chained audit log is wired: every event as one journal line. */
-export function journalAudit(log: Logger): AuditSink {
-  const l = log.child({ part: 'audit' });
-  return {
-    async append(e) {
-      l.info('audit', { ...e });
-    },
-  };
-}
 
 export interface SessionHostDeps {
   config: Config;
@@ -134,14 +125,43 @@ export function startSessionHost(d: SessionHostDeps): SessionManager | null {
   return mgr;
 }
 
-/** A session request from the control socket (local operator, tests). */
-export function localSessionRequest(args: Record<string, unknown>): SessionRequest {
+/** Session args of a command or a control request (their types are checked by the session manager). */
+function sessionRequest(args: unknown, actor: string): SessionRequest {
+  const a = (args !== null && typeof args === 'object' && !Array.isArray(args) ? args : {}) as Record<string, unknown>;
   return {
-    port: args['port'] as string,
-    services: args['services'] as number[],
-    who: args['who'] as string,
-    why: (args['why'] ?? '') as string,
-    maxDurationS: args['maxDurationS'] as number,
-    actor: 'local:control-socket',
+    port: a['port'] as string,
+    services: a['services'] as number[],
+    who: a['who'] as string,
+    why: (a['why'] ?? '') as string,
+    maxDurationS: a['maxDurationS'] as number,
+    actor,
   };
+}
+
+/** A session request from the control socket (an operator at the box). */
+export function localSessionRequest(args: Record<string, unknown>): SessionRequest {
+  return sessionRequest(args, 'operator:local');
+}
+
+/**
+ * The signed commands (docs/commands.md): `session.open` resolves once the
+ * session is active or was refused (it may wait the whole consent timeout;
+ * the channel keeps other commands going meanwhile), `session.close` once it
+ * is torn down. The actor is the center key that signed the command.
+ */
+export function registerSessionCommands(router: { register(type: string, h: CommandHandler): void }, mgr: SessionManager): void {
+  const fail = (e: unknown): CommandResult => ({ status: 'error', error: { code: isRapError(e) ? e.code : 'RAP_SESSION', message: errorMessage(e) } });
+  router.register('session.open', async (cmd) => {
+    try {
+      return { status: 'ok', result: await mgr.open(sessionRequest(cmd.args, `center:${cmd.keyId}`)) };
+    } catch (e) {
+      return fail(e);
+    }
+  });
+  router.register('session.close', async (cmd) => {
+    const id = (cmd.args as { sessionId?: unknown } | null)?.sessionId;
+    if (typeof id !== 'string' || id === '') return fail(new RapError('RAP_SESSION', 'session.close args.sessionId: expected a session id'));
+    if (!(await mgr.end(id, 'center-close'))) return fail(new RapError('RAP_SESSION', `no open session ${id}`));
+    return { status: 'ok', result: { sessionId: id, closed: true } };
+  });
 }

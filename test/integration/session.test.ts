@@ -122,12 +122,12 @@ t.test('remote session: consent, a real OpenVPN tunnel, one pinhole, teardown', 
     if (sim.exitCode === null && sim.signalCode === null) await new Promise((r) => sim.once('close', r));
   };
   const open = async (port: string, services: number[]): Promise<Opened> => {
-    const res = await callControl<Opened>(socket, { method: 'session-open', args: { port, services, who: 'center:it-test', why: 'integration test', maxDurationS: 600 } }, 60_000);
+    const res = await callControl(socket, { method: 'session-open', args: { port, services, who: 'center:it-test', why: 'integration test', maxDurationS: 600 } }, 60_000);
     if (!res.ok) throw new Error(`session-open refused: ${res.error.message}`);
-    return res.result;
+    return res.result as Opened;
   };
   const sessions = async (): Promise<SessionReport[]> => {
-    const res = await callControl<SessionReport[]>(socket, { method: 'sessions' });
+    const res = await callControl(socket, { method: 'sessions' });
     if (!res.ok) throw new Error(res.error.message);
     return res.result;
   };

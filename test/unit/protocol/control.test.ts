@@ -15,7 +15,7 @@ const bad: [string, RegExp][] = [
   ['not json', /not valid JSON/],
   ['[]', /must be a JSON object/],
   ['{}', /no string 'method'/],
-  ['{"method":"reboot"}', /unknown method "reboot" \(known: status, sessions, session-open, session-close\)/],
+  ['{"method":"reboot"}', /unknown method "reboot" \(known: status, audit\.read, audit\.verify, sessions, session-open, session-close\)/],
   ['{"method":"status","x":1}', /unknown request field\(s\): x/],
   ['{"method":"status","args":{}}', /unknown request field\(s\): args/],
   ['{"method":"session-open"}', /session-open: 'args' must be a JSON object/],
