@@ -113,6 +113,9 @@ export type MgmtEvent =
   | { kind: 'bytecount'; bytesIn: number; bytesOut: number }
   | { kind: 'hold' }
   | { kind: 'fatal'; message: string }
+  /** From the `status` command's statistics: bytes on the link (the same counters as BYTECOUNT). */
+  | { kind: 'linkbytes'; read: boolean; bytes: number }
+  | { kind: 'end' }
   | { kind: 'other'; line: string };
 
 /** One line of the management interface; every malformed real-time line is `other` with the text. */
@@ -124,6 +127,9 @@ export function parseMgmtLine(line: string): MgmtEvent {
   if (line.startsWith('>HOLD:')) return { kind: 'hold' };
   m = /^>FATAL:(.*)$/.exec(line);
   if (m) return { kind: 'fatal', message: m[1]! };
+  m = /^TCP\/UDP (read|write) bytes,(\d+)$/.exec(line);
+  if (m) return { kind: 'linkbytes', read: m[1] === 'read', bytes: Number(m[2]) };
+  if (line === 'END') return { kind: 'end' };
   return { kind: 'other', line };
 }
 
@@ -165,6 +171,7 @@ export function openvpnStarter(deps: { run: Runner; log: Logger; openvpn?: strin
       let tunnelIp: string | null = null;
       let bytes = { in: 0, out: 0 };
       let lastState = '';
+      let statusDone = false;
       const waiters = new Set<() => void>();
       const wake = (): void => {
         for (const w of [...waiters]) w();
@@ -223,6 +230,10 @@ export function openvpnStarter(deps: { run: Runner; log: Logger; openvpn?: strin
             lastState = ev.state;
           } else if (ev.kind === 'bytecount') {
             bytes = { in: ev.bytesIn, out: ev.bytesOut };
+          } else if (ev.kind === 'linkbytes') {
+            bytes = ev.read ? { ...bytes, in: ev.bytes } : { ...bytes, out: ev.bytes };
+          } else if (ev.kind === 'end') {
+            statusDone = true;
           } else if (ev.kind === 'fatal') {
             log.warn('openvpn fatal', { message: ev.message });
           }
@@ -262,7 +273,24 @@ export function openvpnStarter(deps: { run: Runner; log: Logger; openvpn?: strin
         bytes: () => ({ ...bytes }),
         async stop() {
           stopping = true;
-          if (exited === null && !mgmt.destroyed) mgmt.write('signal SIGTERM\n');
+          if (exited === null && !mgmt.destroyed) {
+            // The final byte counts first (BYTECOUNT comes once a second; a short session may have none yet).
+            statusDone = false;
+            mgmt.write('status\n');
+            await new Promise<void>((resolve) => {
+              const check = (): void => {
+                if (statusDone || exited !== null) finish();
+              };
+              const timer = setTimeout(() => finish(), 1000);
+              const finish = (): void => {
+                clearTimeout(timer);
+                waiters.delete(check);
+                resolve();
+              };
+              waiters.add(check);
+            });
+            mgmt.write('signal SIGTERM\n');
+          }
           const timer = setTimeout(() => abort.abort(), STOP_GRACE_MS);
           await gone;
           clearTimeout(timer);

@@ -61,6 +61,16 @@ t.test('remote session: consent, a real OpenVPN tunnel, one pinhole, teardown', 
     throw new Error(`${String(e)}: ${serverLog}`);
   });
 
+  // The center's command service in the same namespace: signs session.open/close with k1.
+  const keyOut = await runBinary([CENTER_BIN, 'command-key', 'generate', '--dir', join(dir, 'keys'), '--id', 'k1'], { PATH: SYS_PATH });
+  t.equal(keyOut.code, 0, keyOut.stderr);
+  const k1 = JSON.parse(readFileSync(join(dir, 'keys', 'k1.pub'), 'utf8')) as { id: string; publicKey: string };
+  const admin = join(dir, 'admin.sock');
+  const centerProc = lab.spawn(ns.wan, [CENTER_BIN, 'serve', '--db', join(dir, 'center.db'), '--listen', `${ADDR.wanPeer}:8443`, '--pki', pki, '--command-key', join(dir, 'keys', 'k1.key'), '--admin', admin], { PATH: SYS_PATH });
+  let centerOut = '';
+  centerProc.stdout!.on('data', (b: Buffer) => (centerOut += b.toString()));
+  await waitFor('rap-center serve', () => centerOut.includes('listening on') && existsSync(admin), 30_000);
+
   // The box: its PKI files where the config says, rapd with two static instrument ports.
   const boxPki = join(dir, 'boxpki');
   mkdirSync(boxPki, { mode: 0o700 });
@@ -77,14 +87,17 @@ t.test('remote session: consent, a real OpenVPN tunnel, one pinhole, teardown', 
     config,
     JSON.stringify({
       device: { id: 'box-1' },
+      commands: { keys: [k1], reconnectMaxMs: 2000 },
+      proxy: { fromEnvironment: false },
       paths: { state: join(dir, 'state'), runtime: join(dir, 'run'), networkd: join(dir, 'networkd') },
       ports: [
         { name: 'p1', interface: 'inst1', dhcp: false, pollIntervalSec: 0 },
         { name: 'p2', interface: 'inst2', dhcp: false, pollIntervalSec: 0 },
       ],
-      center: { caFile: join(boxPki, 'center-ca.pem') },
+      center: { url: `https://${ADDR.wanPeer}:8443`, caFile: join(boxPki, 'center-ca.pem') },
       tls: { certFile: join(boxPki, 'device.pem'), keyFile: join(boxPki, 'device.key') },
-      vpn: { host: ADDR.wanPeer, port: 443, serverName: 'localhost', tlsCryptFile: join(boxPki, 'vpn-tls-crypt.key') },
+      // vpn.host: the host of center.url.
+      vpn: { port: 443, serverName: 'localhost', tlsCryptFile: join(boxPki, 'vpn-tls-crypt.key') },
       session: { consentTimeoutSec: 5 },
       log: { level: 'debug' },
     }),
@@ -203,6 +216,41 @@ t.test('remote session: consent, a real OpenVPN tunnel, one pinhole, teardown', 
     t.equal(await tunnels(), 0);
     t.notOk(await pinholes());
     t.equal(await lab.probe(ns.wan, r.tunnelIp!, 5900, 1500), 'timeout');
+    await stopSim(sim);
+  });
+
+  await t.test('the real trigger: a signed session.open from the center, then session.close; every step in the verified audit chain', async (t) => {
+    const sim = await startSim(ns.i1, ADDR.gw1, 'yes');
+    await waitFor('the command channel', () => rapdOut.includes('"msg":"command channel open"'), 30_000);
+    const command = async (type: string, args: unknown) => {
+      const r = await runBinary([CENTER_BIN, 'command', '--admin', admin, '--device', 'box-1', '--type', type, '--args', JSON.stringify(args), '--timeout-ms', '60000'], { PATH: SYS_PATH }, 90_000);
+      t.equal(r.code, 0, `${type}: ${r.stdout}${r.stderr}`);
+      return JSON.parse(r.stdout) as { status: string; result: Opened };
+    };
+    const opened = await command('session.open', { port: 'p1', services: [5900], who: 'center:ops', why: 'signed command', maxDurationS: 600 });
+    t.match(opened, { status: 'ok', result: { outcome: 'active', tunnelIp: /^10\.200\.0\.\d+$/ } });
+    const id = opened.result.sessionId;
+    t.equal(await lab.probe(ns.wan, opened.result.tunnelIp!, 5900, 3000), 'connected inst1-rdp');
+    t.match(await command('session.close', { sessionId: id }), { status: 'ok', result: { sessionId: id, closed: true } });
+    t.equal(await tunnels(), 0);
+    t.notOk(await pinholes());
+
+    const audit = await runBinary([rapd, 'ctl', '--socket', socket, 'audit', '--json'], { PATH: SYS_PATH });
+    t.equal(audit.code, 0, audit.stderr);
+    const records = audit.stdout.trim().split('\n').map((l) => JSON.parse(l) as { actor: string; action: string; outcome: string; details: Record<string, unknown> });
+    const mine = records.filter((r) => r.details['session'] === id).map((r) => `${r.actor} ${r.action} ${r.outcome}`);
+    t.strictSame(mine, [
+      'center:k1 session.requested ok',
+      'instrument:p1 session.prompted ok',
+      'instrument:p1 session.approved ok',
+      'center:k1 session.started ok',
+      'center:k1 session.ended center-close',
+    ]);
+    const ended = records.find((r) => r.details['session'] === id && r.action === 'session.ended')!;
+    t.ok(Number(ended.details['bytesIn']) > 0 && Number(ended.details['bytesOut']) > 0, 'bytes in the audit record');
+    t.ok(records.some((r) => r.action === 'command.accepted' && r.details['type'] === 'session.open'), 'the command itself was accepted and audited');
+    const verify = await runBinary([rapd, 'ctl', '--socket', socket, 'audit', 'verify'], { PATH: SYS_PATH });
+    t.equal(verify.code, 0, verify.stdout + verify.stderr);
     await stopSim(sim);
   });
 
