@@ -169,7 +169,13 @@ export interface MessageQuery {
 
 export interface CenterDb {
   /** Store a validated batch in one transaction; counts what was new. */
-  storeBatch(batch: TelemetryBatch, meta: { remoteAddress: string; now?: Date }): TelemetryAck;
+  /**
+   * Store a validated batch in one transaction; counts what was new.
+   * `onAuditProblem` hears of an audit record that does not link to the one
+   * before it or forks the chain, as it arrives (a gap is only known later:
+   * the missing record may still come; auditVerify reports it).
+   */
+  storeBatch(batch: TelemetryBatch, meta: { remoteAddress: string; now?: Date; onAuditProblem?: (problem: string) => void }): TelemetryAck;
   devices(): DeviceRow[];
   /** Audit records of one device with seq > after, oldest first. */
   auditRecords(device: string, after: number, limit: number): AuditRecord[];
@@ -320,13 +326,21 @@ export function openCenterDb(path: string, opts: OpenOptions): CenterDb {
   };
 
   /** One audit record into the device's chain; false when it was there already. */
-  const storeAudit = (device: string, body: unknown, now: string): boolean => {
+  const storeAudit = (device: string, body: unknown, now: string, problem: (p: string) => void): boolean => {
     const r = parseAuditRecord(body);
     const json = JSON.stringify(r);
     const res = q.insertAudit.run(device, r.seq, r.hash, r.prevHash, r.time, r.action, json, now);
-    if (Number(res.changes) > 0) return true;
+    if (Number(res.changes) > 0) {
+      const prev = r.seq === 1 ? null : (q.auditHashAt.get(device, r.seq - 1) as Row | undefined)?.['hash'];
+      const link = prev === undefined ? null : checkLink(prev === null ? null : { seq: r.seq - 1, hash: str(prev) }, r);
+      if (link) problem(link.message);
+      return true;
+    }
     const held = (q.auditHashAt.get(device, r.seq) as Row | undefined)?.['hash'];
-    if (held !== r.hash) q.insertConflict.run(device, r.seq, r.hash, json, now);
+    if (held !== r.hash) {
+      q.insertConflict.run(device, r.seq, r.hash, json, now);
+      problem(`fork: record ${r.seq} received again with another hash`);
+    }
     return false;
   };
 
@@ -395,7 +409,7 @@ export function openCenterDb(path: string, opts: OpenOptions): CenterDb {
       try {
         for (const m of batch.messages) {
           if (m.kind === 'audit') {
-            if (storeAudit(batch.device, m.body, now)) audits++;
+            if (storeAudit(batch.device, m.body, now, meta.onAuditProblem ?? (() => {}))) audits++;
             continue;
           }
           const ms = Date.parse(m.receivedAt);

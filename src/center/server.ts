@@ -170,7 +170,11 @@ export async function startCenter(opts: CenterOptions): Promise<Center> {
     if (batch.device !== cn) {
       throw new HttpFail(403, `device: '${batch.device}' does not match the client certificate (CN '${cn}')`);
     }
-    const ack: TelemetryAck = db.storeBatch(batch, { remoteAddress: remote, now: now() });
+    const ack: TelemetryAck = db.storeBatch(batch, {
+      remoteAddress: remote,
+      now: now(),
+      onAuditProblem: (problem) => log.error('audit chain of a device is broken', { device: cn, problem }),
+    });
     log.info('telemetry stored', { device: cn, remote, messages: batch.messages.length, ...ack });
     reply(res, 200, ack);
   };

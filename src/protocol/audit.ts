@@ -68,6 +68,16 @@ export function auditHash(r: Omit<AuditRecord, 'hash'>): string {
 
 /** The next record after `head` (null: the chain is empty). Throws when the event is not recordable. */
 export function makeRecord(head: ChainHead | null, event: AuditEvent, time: Date): AuditRecord {
+  // Details are stored as JSON would carry them (undefined members dropped,
+  // Dates as strings, NaN as null): an action must not go unrecorded because
+  // a caller passed an optional field as undefined. What is hashed is what is written.
+  let details: Record<string, unknown>;
+  try {
+    details = event.details === undefined ? {} : (JSON.parse(JSON.stringify(event.details)) as Record<string, unknown>);
+  } catch (e) {
+    throw new Error(`details: not JSON-encodable (${e instanceof Error ? e.message : String(e)})`);
+  }
+  event = { ...event, details };
   checkEvent(event);
   const r = {
     seq: (head?.seq ?? 0) + 1,
@@ -76,7 +86,7 @@ export function makeRecord(head: ChainHead | null, event: AuditEvent, time: Date
     action: event.action,
     instrument: event.instrument ?? null,
     outcome: event.outcome,
-    details: event.details ?? {},
+    details,
     prevHash: head?.hash ?? GENESIS_HASH,
   };
   return { ...r, hash: auditHash(r) };

@@ -66,17 +66,20 @@ interface Pending {
 }
 
 /**
- * Read `text` (a whole audit file) record by record, checking each link.
- * `visit` sees every record that parsed, in file order.
+ * Read `data` (a whole audit file) record by record, checking each link.
+ * `visit` sees every record that parsed, in file order. Bytes, not text: a
+ * torn tail can end inside a multi-byte character, and its length must be
+ * counted in bytes to cut it off exactly.
  */
-export function scanChain(text: string, visit?: (r: AuditRecord) => void): ChainReport {
-  const end = text.lastIndexOf('\n') + 1;
-  const tornBytes = Buffer.byteLength(text.slice(end));
+export function scanChain(data: Buffer, visit?: (r: AuditRecord) => void): ChainReport {
+  const end = data.lastIndexOf(0x0a) + 1;
+  const tornBytes = data.length - end;
+  const text = data.subarray(0, end).toString('utf8');
   let head: ChainHead | null = null;
   let problem: ChainProblem | null = null;
   let records = 0;
   let lineNo = 0;
-  const lines = text.slice(0, end).split('\n');
+  const lines = text.split('\n');
   lines.pop(); // what follows the last newline: the torn tail, counted above
   for (const line of lines) {
     lineNo++;
@@ -148,20 +151,26 @@ export class AuditLog implements AuditSink {
       throw new RapError('RAP_AUDIT', `audit log ${path}: cannot open: ${errorMessage(e)}`, { path }, { cause: e });
     }
     try {
-      const text = readFileSync(path, 'utf8');
+      const data = readFileSync(path);
       const byAction = new Map<string, AuditRecord>();
-      const report = scanChain(text, (r) => {
+      const report = scanChain(data, (r) => {
         byAction.set(r.action, r);
         visit?.(r);
       });
       let recovered: string | null = null;
-      let size = Buffer.byteLength(text);
+      let size = data.length;
       let torn: { bytes: number; sha256: string; savedAs: string } | null = null;
       if (report.tornBytes > 0) {
-        const tail = Buffer.from(text).subarray(size - report.tornBytes);
+        const tail = data.subarray(size - report.tornBytes);
         const savedAs = `${path}.torn-${now().toISOString().replaceAll(':', '-')}`;
         // Keep the evidence before cutting it off.
         copyFileSync(path, savedAs);
+        const ev = openSync(savedAs, 'r');
+        try {
+          fsyncSync(ev);
+        } finally {
+          closeSync(ev);
+        }
         fsyncDir(dirname(path));
         size -= report.tornBytes;
         ftruncateSync(fd, size);
@@ -264,7 +273,7 @@ export class AuditLog implements AuditSink {
   /** Records with seq > after, at most `limit`, oldest first (read from the file). */
   read(after: number, limit: number): AuditRecord[] {
     const out: AuditRecord[] = [];
-    scanChain(readFileSync(this.path, 'utf8'), (r) => {
+    scanChain(readFileSync(this.path), (r) => {
       if (r.seq > after && out.length < limit) out.push(r);
     });
     return out;
@@ -295,14 +304,14 @@ export class AuditLog implements AuditSink {
 
 /** Check an audit file against an optional anchor (also for tools that run without rapd). */
 export function verifyFile(path: string, anchor: ChainHead | null): VerifyReport {
-  let text: string;
+  let data: Buffer;
   try {
-    text = readFileSync(path, 'utf8');
+    data = readFileSync(path);
   } catch (e) {
     throw new RapError('RAP_AUDIT', `audit log ${path}: cannot read: ${errorMessage(e)}`, { path }, { cause: e });
   }
   let atAnchor: AuditRecord | null = null;
-  const report = scanChain(text, (r) => {
+  const report = scanChain(data, (r) => {
     if (anchor && r.seq === anchor.seq) atAnchor = r;
   });
   let anchorProblem: string | null = null;

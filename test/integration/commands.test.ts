@@ -296,3 +296,27 @@ t.test('the center accepts the upgrade on /v1/commands only, and only with a dev
   t.match(await attempt('/v1/commands', false), /^error /, 'no client certificate: refused in the TLS handshake');
   t.equal(await attempt('/v1/commands', true), 'open', 'the device certificate on the one path: accepted');
 });
+
+t.test('the channel comes back by itself after the center restarts', async (t) => {
+  const l = await lab(t);
+  const box = await startBox(t, l, 'box');
+  await l.center.commands.waitConnected(DEVICE, WAIT_MS);
+  const port = l.center.port;
+  await l.center.close();
+  await until('box sees the channel down', async () => (await box.status()).channel?.state !== 'connected');
+  const again = await startCenter({
+    dbPath: join(l.dir, 'center.db'),
+    host: '127.0.0.1',
+    port,
+    key: readFileSync(join(l.pki, 'server.key')),
+    cert: readFileSync(join(l.pki, 'server.pem')),
+    ca: readFileSync(join(l.pki, 'ca.pem')),
+    log: quiet,
+    commandKey: l.k1,
+  });
+  t.teardown(() => again.close());
+  // reconnectMaxMs is 2 s in this config: the backoff is bounded.
+  await again.commands.waitConnected(DEVICE, WAIT_MS);
+  t.match(await again.commands.send(DEVICE, { type: 'ping', args: { after: 'restart' } }, WAIT_MS), { status: 'ok', result: { pong: { after: 'restart' } } });
+  t.ok((await box.status()).channel!.consecutiveFailures === 0, 'failures reset once connected');
+});

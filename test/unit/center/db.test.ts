@@ -221,12 +221,15 @@ t.test('audit records: a gap, an edited record and a fork are reported', async (
 
   // Another box sends an edited record: its hash no longer matches its content.
   const edited = { ...rs[1]!, outcome: 'denied' };
-  db.storeBatch(batch('box-2', [rs[0]!, edited, rs[2]!].map(auditMsg)), { remoteAddress: 'x' });
+  const heard: string[] = [];
+  db.storeBatch(batch('box-2', [rs[0]!, edited, rs[2]!].map(auditMsg)), { remoteAddress: 'x', onAuditProblem: (p) => heard.push(p) });
   t.match(db.auditVerify('box-2'), { ok: false, problems: [/record 2: hash does not match its content/] });
+  t.match(heard, [/record 2: hash does not match/], 'reported as it arrived');
 
   // box-1's log was truncated to 2 records and rapd went on from there: seq 3 comes again, differently.
   const forked = chain(3, (i) => (i < 2 ? `test.step${i}` : 'audit.truncated'));
-  db.storeBatch(batch('box-1', [forked[2]!].map(auditMsg)), { remoteAddress: 'x' });
+  db.storeBatch(batch('box-1', [forked[2]!].map(auditMsg)), { remoteAddress: 'x', onAuditProblem: (p) => heard.push(p) });
+  t.match(heard.pop(), /^fork: record 3/);
   t.match(db.auditVerify('box-1'), { ok: false, problems: [/^fork: record 3 was received again with another hash/] });
 });
 
