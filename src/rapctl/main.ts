@@ -72,6 +72,10 @@ function formatStatus(s: StatusReport): string {
     lines.push(`firewall: table ${n.firewall.table}, ${n.firewall.chains} chains, ${n.firewall.rules} rules (applied ${n.firewall.appliedAt})`);
     lines.push(`networkd: ${n.networkd.files.length} port file(s) in ${n.networkd.dir}${n.networkd.reloaded ? ' (reloaded)' : ' (unchanged)'}`);
   }
+  for (const x of s.sessions ?? []) {
+    if (x.state === 'ended') continue;
+    lines.push(`session ${x.id}: port ${x.port} (${x.instrument}) tcp ${x.services.join(',')} ${x.state}${x.tunnelIp ? ` via ${x.tunnelIp}` : ''}${x.expiresAt ? ` until ${x.expiresAt}` : ''}; asked by ${x.who}`);
+  }
   for (const p of s.ports) {
     if (!p.listening) {
       lines.push(`port ${p.name}: ${p.listen} NOT LISTENING: waiting for the address since ${p.waitingForAddressSince ?? '?'} (${p.bindError ?? 'unknown'})`);
