@@ -175,6 +175,8 @@ export interface StatusReport {
   audit: AuditReport;
   /** Remote sessions: open or being asked for, then the recently ended ones. */
   sessions?: SessionReport[];
+  /** What does not work as it should right now (e.g. a firewall change that failed), for people. */
+  degraded?: string[];
 }
 
 export type ControlResponse<T = StatusReport> =

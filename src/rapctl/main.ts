@@ -72,6 +72,7 @@ function formatStatus(s: StatusReport): string {
     lines.push(`firewall: table ${n.firewall.table}, ${n.firewall.chains} chains, ${n.firewall.rules} rules (applied ${n.firewall.appliedAt})`);
     lines.push(`networkd: ${n.networkd.files.length} port file(s) in ${n.networkd.dir}${n.networkd.reloaded ? ' (reloaded)' : ' (unchanged)'}`);
   }
+  for (const d of s.degraded ?? []) lines.push(`DEGRADED: ${d}`);
   for (const x of s.sessions ?? []) {
     if (x.state === 'ended') continue;
     lines.push(`session ${x.id}: port ${x.port} (${x.instrument}) tcp ${x.services.join(',')} ${x.state}${x.tunnelIp ? ` via ${x.tunnelIp}` : ''}${x.expiresAt ? ` until ${x.expiresAt}` : ''}; asked by ${x.who}`);

@@ -242,6 +242,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
     uplink: uplink?.status() ?? null,
     network,
     sessions: sessions?.list() ?? [],
+    degraded: [sessions?.degraded()].filter((x): x is string => typeof x === 'string'),
     channel: channel?.status() ?? null,
     commands: { types: router.types(), keys: config['commands.keys'].map((k) => k.id), ...router.stats() },
     audit: { path: paths.auditLog, head: audit.headNow(), anchor: readAnchor(store), recovered: audit.recovered },

@@ -159,11 +159,29 @@ export class SessionManager {
   /** port -> requesters this port's instrument said "never" to. */
   private refusals: Record<string, string[]>;
   private stopped = false;
+  /** The last firewall apply that failed (the previous ruleset stayed), until one succeeds. */
+  private firewallError: string | null = null;
 
   constructor(deps: SessionDeps) {
     this.d = deps;
     this.clock = deps.clock ?? realClock;
     this.refusals = readRefusals(deps.refusalsFile, deps.log);
+  }
+
+  /** Why the box is degraded, or null: a pinhole change could not be applied (rapctl status shows it). */
+  degraded(): string | null {
+    return this.firewallError === null ? null : `firewall: the last session pinhole change failed, the previous ruleset is in place (its pinholes expire on their own): ${this.firewallError}`;
+  }
+
+  /** Every pinhole change goes through here, so a failure is remembered until one succeeds. */
+  private async apply(): Promise<void> {
+    try {
+      await this.d.applyPinholes(this.pinholes());
+      this.firewallError = null;
+    } catch (e) {
+      this.firewallError = errorMessage(e);
+      throw e;
+    }
   }
 
   list(): SessionInfo[] {
@@ -289,7 +307,7 @@ export class SessionManager {
       s.info.tunnelIp = tunnelIp;
       s.info.state = 'pinhole-open';
       s.expiresAtMs = this.clock.now() + req.maxDurationS * 1000;
-      await this.d.applyPinholes(this.pinholes());
+      await this.apply();
       this.d.setForwarding(true);
     } catch (e) {
       this.d.log.error('session setup failed', { session: s.info.id, error: errorMessage(e) });
@@ -379,10 +397,9 @@ export class SessionManager {
       const hadPinhole = s.info.state === 'pinhole-open' || s.info.state === 'active';
       s.info.state = 'ended';
       if (hadPinhole) {
-        const others = this.pinholes();
-        if (others.length === 0) this.safely('ip_forward off', () => this.d.setForwarding(false));
+        if (this.pinholes().length === 0) this.safely('ip_forward off', () => this.d.setForwarding(false));
         try {
-          await this.d.applyPinholes(others);
+          await this.apply();
         } catch (e) {
           // The previous ruleset stays; its element for this session still expires on its own.
           this.d.log.error('firewall degraded: could not close a session pinhole', { session: s.info.id, error: errorMessage(e) });

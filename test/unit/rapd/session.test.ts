@@ -248,7 +248,9 @@ t.test('ends: instrument revoke (its own port only), expiry, VPN loss, rapd stop
     t.equal(r.steps.at(-1), 'p2: consent-request 3389 by 2026-11-23T12:02:00.000Z');
     await r.mgr.stop();
     t.match(await p2, { outcome: 'revoked' });
-    t.strictSame(r.steps.slice(-5), ['ip_forward 0', 'firewall []', 'vpn stop rapvpn0', 'p2: session-ended rapd-stop', 'p1: session-ended rapd-stop']);
+    // The two end concurrently: p1's own steps in order (pinhole closed before the VPN stops), p2 told too.
+    t.strictSame(r.steps.slice(-5).filter((x) => !x.startsWith('p2:')), ['ip_forward 0', 'firewall []', 'vpn stop rapvpn0', 'p1: session-ended rapd-stop']);
+    t.ok(r.steps.slice(-5).includes('p2: session-ended rapd-stop'));
     await t.rejects(r.mgr.open(REQ), { code: 'RAP_SESSION', message: 'rapd is stopping' });
   });
   await t.test('two sessions: closing one keeps the other pinhole and forwarding', async (t) => {
@@ -275,6 +277,22 @@ t.test('setup failures: nothing left open, the VPN stopped, audited as failed', 
     t.strictSame(r.steps, ['p1: consent-request 5900,22 by 2026-11-23T12:02:00.000Z', 'vpn start rapvpn0', 'firewall FAILED', 'ip_forward 0', 'firewall []', 'vpn stop rapvpn0', 'p1: session-ended failed']);
     t.match(r.audit.at(-1), { action: 'session.ended', outcome: 'failed', details: { error: 'nft: Operation not permitted' } });
     t.equal(r.mgr.list()[0]!.state, 'ended');
+    t.equal(r.mgr.degraded(), null, 'the closing apply worked: not degraded');
+  });
+  await t.test('the pinhole cannot be closed: degraded (the element expires by itself) until an apply works again', async (t) => {
+    const r = rig(t, { failFirewallAt: 2 });
+    const { p, id } = await prompted(r);
+    r.mgr.consent('p1', id, 'yes');
+    await p;
+    await r.mgr.end(id, 'center-close');
+    t.strictSame(r.steps.slice(-4), ['ip_forward 0', 'firewall FAILED', 'vpn stop rapvpn0', 'p1: session-ended center-close'], 'forwarding off and the VPN stopped anyway');
+    t.match(r.mgr.degraded(), /^firewall: the last session pinhole change failed, the previous ruleset is in place \(its pinholes expire on their own\): nft: Operation not permitted$/);
+    t.ok(r.audit.some((e) => e.action === 'firewall.applied' && e.outcome === 'failed'));
+    const again = await prompted(r);
+    r.mgr.consent('p1', again.id, 'yes');
+    await again.p;
+    t.equal(r.mgr.degraded(), null, 'cleared by the next apply that worked');
+    await r.mgr.end(again.id, 'center-close');
   });
   await t.test('the tunnel does not come up', async (t) => {
     const r = rig(t, { vpnFails: true });
