@@ -103,6 +103,9 @@ export function scanChain(data: Buffer, visit?: (r: AuditRecord) => void): Chain
   return { records, head, problem, tornBytes };
 }
 
+/** Records kept in memory for read() (see AuditLog.tail). */
+const TAIL_KEEP = 1000;
+
 export class AuditLog implements AuditSink {
   private readonly path: string;
   private readonly log: Logger;
@@ -120,6 +123,14 @@ export class AuditLog implements AuditSink {
   readonly recovered: string | null;
   readonly openProblem: ChainProblem | null;
   private readonly lastByAction = new Map<string, AuditRecord>();
+  /**
+   * The newest records as written (at most TAIL_KEEP), so `rapctl audit
+   * --follow`, which asks every half second for what came after the last one
+   * it saw, does not read the whole file each time. Kept only while their
+   * seqs rise by one; otherwise read() goes to the file.
+   */
+  private tail: AuditRecord[] = [];
+  private tailOk = true;
 
   private constructor(opts: AuditOptions, fd: number, head: ChainHead | null, size: number, recovered: string | null, problem: ChainProblem | null) {
     this.path = opts.path;
@@ -153,8 +164,11 @@ export class AuditLog implements AuditSink {
     try {
       const data = readFileSync(path);
       const byAction = new Map<string, AuditRecord>();
+      const seen: AuditRecord[] = [];
       const report = scanChain(data, (r) => {
         byAction.set(r.action, r);
+        seen.push(r);
+        if (seen.length > 2 * TAIL_KEEP) seen.splice(0, TAIL_KEEP);
         visit?.(r);
       });
       let recovered: string | null = null;
@@ -182,6 +196,7 @@ export class AuditLog implements AuditSink {
       if (report.problem) log.error('audit log: chain is broken; appending after it, verify keeps reporting it', { path, problem: report.problem.message });
       const audit = new AuditLog(opts, fd, report.head, size, recovered, report.problem);
       for (const [k, v] of byAction) audit.lastByAction.set(k, v);
+      for (const r of seen.slice(-TAIL_KEEP)) audit.keep(r);
       if (torn) {
         void audit.append({ actor: 'rapd', action: 'audit.torn-tail', outcome: 'recovered', details: torn }).catch(() => {});
       }
@@ -257,6 +272,7 @@ export class AuditLog implements AuditSink {
     this.flushes++;
     for (const p of batch) {
       this.lastByAction.set(p.record.action, p.record);
+      this.keep(p.record);
       p.resolve(p.record);
     }
     for (const p of batch) {
@@ -270,8 +286,19 @@ export class AuditLog implements AuditSink {
     }
   }
 
-  /** Records with seq > after, at most `limit`, oldest first (read from the file). */
+  private keep(r: AuditRecord): void {
+    const last = this.tail[this.tail.length - 1];
+    if (last && r.seq !== last.seq + 1) this.tailOk = false;
+    this.tail.push(r);
+    if (this.tail.length > TAIL_KEEP) this.tail.shift();
+  }
+
+  /** Records with seq > after, at most `limit`, oldest first (the newest from memory, older ones from the file). */
   read(after: number, limit: number): AuditRecord[] {
+    const first = this.tail[0];
+    if (this.tailOk && first && after >= first.seq - 1) {
+      return this.tail.slice(after - first.seq + 1, after - first.seq + 1 + limit);
+    }
     const out: AuditRecord[] = [];
     scanChain(readFileSync(this.path), (r) => {
       if (r.seq > after && out.length < limit) out.push(r);

@@ -206,3 +206,20 @@ t.test('regression: a torn tail that ends inside a multi-byte character is cut a
   t.ok(readFileSync(path).subarray(0, good.length).equals(good), 'complete records byte for byte');
   t.match(verifyFile(path, null), { ok: true, records: 3 });
 });
+
+t.test('read: the newest records from memory, older ones from the file, the same either way', async (t) => {
+  const path = setup(t);
+  const log = await filled(path, 1100);
+  const fromFile = log.read(0, 5000);
+  t.same(fromFile.map((r) => r.seq), Array.from({ length: 1100 }, (_, i) => i + 1));
+  t.same(log.read(1050, 10), fromFile.slice(1050, 1060), 'inside the kept tail');
+  t.same(log.read(50, 10), fromFile.slice(50, 60), 'before it');
+  t.same(log.read(1100, 10), [], 'nothing after the head');
+  await log.close();
+  // A file whose seqs do not rise by one (damaged) is always read from disk.
+  const ls = lines(path);
+  rewrite(path, [...ls.slice(0, 5), ...ls.slice(6)]);
+  const again = AuditLog.open({ path, log: quiet, now });
+  t.same(again.read(3, 3).map((r) => r.seq), [4, 5, 7]);
+  await again.close();
+});
