@@ -4,7 +4,7 @@
 // audit log. Only the daemon calls this; tests of the state machine use
 // session.ts with fakes.
 
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { writeFileDurable } from '../lib/durable.ts';
 import { RapError, errorMessage, isRapError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
@@ -88,7 +88,7 @@ export function startSessionHost(d: SessionHostDeps): SessionManager | null {
         proxyAuthFile = paths.vpnFile(tunnel, 'auth');
         writeFileDurable(proxyAuthFile, `${proxy.username}\n${proxy.password ?? ''}\n`, 0o600);
       }
-      return starter.start({
+      const handle = await starter.start({
         dev: tunnel,
         remoteHost: target.host,
         remotePort: target.port,
@@ -102,6 +102,9 @@ export function startSessionHost(d: SessionHostDeps): SessionManager | null {
         managementSocket: paths.vpnFile(tunnel, 'sock'),
         pidFile: paths.vpnFile(tunnel, 'pid'),
       });
+      // The proxy credentials live only as long as the session's VPN.
+      const auth = proxyAuthFile;
+      return auth === null ? handle : { ...handle, stop: () => handle.stop().finally(() => rmSync(auth, { force: true })) };
     },
     async applyPinholes(pinholes) {
       await applyFirewall(d.firewall, renderFirewall(firewallPolicy(config, pinholes)));
