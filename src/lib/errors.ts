@@ -14,6 +14,7 @@ export type RapErrorCode =
   | 'RAP_USAGE'
   | 'RAP_AGENT'
   | 'RAP_NET' | 'RAP_FIREWALL'
+  | 'RAP_VPN' | 'RAP_SESSION'
   | 'RAP_UPLINK'
   | 'RAP_STORE' | 'RAP_STORE_FULL'
   | 'RAP_PROXY'

@@ -5,23 +5,36 @@
 import type { AuditRecord, ChainHead, VerifyReport } from './audit.ts';
 import type { InstrumentIdentity } from './telemetry.ts';
 
-export const CONTROL_METHODS = ['status', 'audit.read', 'audit.verify'] as const;
+export const CONTROL_METHODS = ['status', 'audit.read', 'audit.verify', 'sessions', 'session-open', 'session-close'] as const;
 export type ControlMethod = (typeof CONTROL_METHODS)[number];
 
 /** Most audit records in one `audit.read` answer. */
 export const AUDIT_READ_MAX = 1000;
 
+/**
+ * session-open asks for a remote session from the box itself (an operator at
+ * the box; the center uses the signed `session.open` command): args as the
+ * command's ({port, services, who, why, maxDurationS}), checked by the
+ * session manager. It is answered when the session is active or was refused,
+ * which may take the whole consent timeout.
+ */
 export type ControlRequest =
   | { method: 'status' }
   /** Records with seq > after, oldest first, at most limit. */
   | { method: 'audit.read'; after: number; limit: number }
-  | { method: 'audit.verify' };
+  | { method: 'audit.verify' }
+  | { method: 'sessions' }
+  | { method: 'session-open'; args: Record<string, unknown> }
+  | { method: 'session-close'; args: { sessionId: string } };
 
 /** What each method answers. */
 export interface ControlResults {
   status: StatusReport;
   'audit.read': AuditRecord[];
   'audit.verify': VerifyReport;
+  sessions: SessionReport[];
+  'session-open': unknown;
+  'session-close': unknown;
 }
 
 /** Per-port agent state. */
@@ -116,6 +129,28 @@ export interface NetworkReport {
   networkd: { dir: string; files: string[]; reloaded: boolean };
 }
 
+export const SESSION_STATES = ['requested', 'prompted', 'approved', 'denied', 'timed-out', 'vpn-starting', 'pinhole-open', 'active', 'ended'] as const;
+export type SessionState = (typeof SESSION_STATES)[number];
+export const END_REASONS = ['denied', 'timeout', 'center-close', 'expired', 'local-revoke', 'vpn-loss', 'rapd-stop', 'failed'] as const;
+export type EndReason = (typeof END_REASONS)[number];
+
+export interface SessionReport {
+  id: string;
+  port: string;
+  instrument: string;
+  address: string;
+  who: string;
+  why: string;
+  services: number[];
+  state: SessionState;
+  requestedAt: string;
+  activeAt: string | null;
+  expiresAt: string | null;
+  tunnelIp: string | null;
+  endReason: EndReason | null;
+  bytes: { in: number; out: number } | null;
+}
+
 export interface StatusReport {
   name: string;
   version: string;
@@ -138,6 +173,10 @@ export interface StatusReport {
   channel: ChannelReport | null;
   commands: CommandsReport;
   audit: AuditReport;
+  /** Remote sessions: open or being asked for, then the recently ended ones. */
+  sessions?: SessionReport[];
+  /** What does not work as it should right now (e.g. a firewall change that failed), for people. */
+  degraded?: string[];
 }
 
 export type ControlResponse<T = StatusReport> =
@@ -169,12 +208,19 @@ export function parseControlRequest(line: string): ControlRequest {
   if (!(CONTROL_METHODS as readonly string[]).includes(method)) {
     throw new Error(`unknown method ${JSON.stringify(method)} (known: ${CONTROL_METHODS.join(', ')})`);
   }
-  const allowed = method === 'audit.read' ? ['method', 'after', 'limit'] : ['method'];
+  const takesArgs = method === 'session-open' || method === 'session-close';
+  const allowed = method === 'audit.read' ? ['method', 'after', 'limit'] : takesArgs ? ['method', 'args'] : ['method'];
   const extra = Object.keys(doc).filter((k) => !allowed.includes(k));
   if (extra.length > 0) throw new Error(`unknown request field(s): ${extra.join(', ')}`);
   if (method === 'audit.read') {
     const d = doc as Record<string, unknown>;
     return { method, after: intField(d, 'after', 0, Number.MAX_SAFE_INTEGER), limit: intField(d, 'limit', 1, AUDIT_READ_MAX) };
   }
-  return { method: method as 'status' | 'audit.verify' };
+  if (!takesArgs) return { method: method as 'status' | 'audit.verify' | 'sessions' };
+  const args = (doc as { args?: unknown }).args;
+  if (args === null || typeof args !== 'object' || Array.isArray(args)) throw new Error(`${method}: 'args' must be a JSON object`);
+  if (method === 'session-open') return { method, args: args as Record<string, unknown> };
+  const id = (args as { sessionId?: unknown }).sessionId;
+  if (typeof id !== 'string' || id === '') throw new Error("session-close: 'args.sessionId' must be a session id");
+  return { method: 'session-close', args: { sessionId: id } };
 }

@@ -36,10 +36,43 @@ export type InstrumentFrame =
       data: Record<string, unknown>;
     }
   | { type: 'heartbeat'; ref: string }
-  | { type: 'bye'; ref: string };
+  | { type: 'bye'; ref: string }
+  | { type: 'consent'; ref: string; session: string; answer: ConsentAnswer }
+  | { type: 'session-end'; ref: string; session: string }
+  | { type: 'consent-clear'; ref: string };
 
-export const INSTRUMENT_FRAME_TYPES = ['hello', 'status', 'alarm', 'heartbeat', 'bye'] as const;
-export const BOX_FRAME_TYPES = ['ack', 'error', 'poll'] as const;
+export const INSTRUMENT_FRAME_TYPES = ['hello', 'status', 'alarm', 'heartbeat', 'bye', 'consent', 'session-end', 'consent-clear'] as const;
+export const BOX_FRAME_TYPES = ['ack', 'error', 'poll', 'consent-request', 'session-ended'] as const;
+
+/**
+ * The user's answer to a consent request. never: this instrument refuses
+ * every later request from the same requester (`who`) until its user sends
+ * `consent-clear` (docs/instrument-protocol.md 5.4).
+ */
+export const CONSENT_ANSWERS = ['yes', 'no', 'never'] as const;
+export type ConsentAnswer = (typeof CONSENT_ANSWERS)[number];
+/** Most service ports one session may open, and the longest texts shown in a prompt. */
+export const MAX_SESSION_SERVICES = 8;
+export const MAX_WHO_CHARS = 128;
+export const MAX_WHY_CHARS = 1024;
+export const MAX_REASON_CHARS = 256;
+
+export interface ConsentRequestFrame {
+  type: 'consent-request';
+  ref: string;
+  /** Session id (a UUID): the answer and a later session-end name it. */
+  session: string;
+  /** Who asks (service engineer, as the center names them). */
+  who: string;
+  /** Why (free text for the user at the instrument). */
+  why: string;
+  /** TCP ports on the instrument the session would reach. */
+  services: number[];
+  /** Longest the session may last once approved. */
+  maxDurationS: number;
+  /** No answer by then means denied. */
+  answerBy: string;
+}
 
 export const PROTOCOL_ERROR_CODES = [
   'BAD_FRAME',
@@ -49,13 +82,16 @@ export const PROTOCOL_ERROR_CODES = [
   'STORE_FULL',
   'TIMEOUT',
   'BUSY',
+  'NO_SESSION',
 ] as const;
 export type ProtocolErrorCode = (typeof PROTOCOL_ERROR_CODES)[number];
 
 export type BoxFrame =
   | { type: 'ack'; ref: string; id: string | null }
   | { type: 'error'; ref: string | null; code: ProtocolErrorCode; message: string }
-  | { type: 'poll'; ref: string };
+  | { type: 'poll'; ref: string }
+  | ConsentRequestFrame
+  | { type: 'session-ended'; ref: string; session: string; reason: string };
 
 /**
  * A frame or a line that breaks the protocol. `code` is what goes into the
@@ -91,6 +127,7 @@ function isObject(v: unknown): v is Doc {
 // look-alike letters do harm.
 const PRINTABLE_ASCII = /^[\x20-\x7e]{1,64}$/;
 const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 function isRef(v: unknown): v is string {
   return typeof v === 'string' && PRINTABLE_ASCII.test(v);
@@ -202,6 +239,20 @@ class Fields {
     return v;
   }
 
+  session(): string {
+    const v = this.required('session');
+    if (typeof v !== 'string' || !UUID.test(v)) this.fail('session', 'expected a session id (UUID)');
+    return v;
+  }
+
+  text(field: string, max: number, min = 0): string {
+    const v = this.required(field);
+    if (typeof v !== 'string' || CONTROL_CHARS.test(v) || codePoints(v) < min || codePoints(v) > max) {
+      this.fail(field, `expected ${min}-${max} characters, no control characters`);
+    }
+    return v;
+  }
+
   time(): string | null {
     const v = this.doc['time'];
     if (v === undefined || v === null) return null;
@@ -295,13 +346,22 @@ export function parseInstrumentFrame(line: string): InstrumentFrame {
     }
     case 'heartbeat':
     case 'bye':
+    case 'consent-clear':
       return { type, ref };
+    case 'consent': {
+      const session = f.session();
+      const answer = f.required('answer');
+      if (typeof answer !== 'string' || !(CONSENT_ANSWERS as readonly string[]).includes(answer)) {
+        f.fail('answer', `expected one of ${CONSENT_ANSWERS.join(', ')}`);
+      }
+      return { type, ref, session, answer: answer as ConsentAnswer };
+    }
+    case 'session-end':
+      return { type, ref, session: f.session() };
   }
 }
 
 // --- box -> instrument ------------------------------------------------------
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** Parse one line from the box (the simulator's side). Throws ProtocolError. */
 export function parseBoxFrame(line: string): BoxFrame {
@@ -330,6 +390,28 @@ export function parseBoxFrame(line: string): BoxFrame {
     }
     case 'poll':
       return { type, ref: f.refField() };
+    case 'consent-request': {
+      const ref = f.refField();
+      const session = f.session();
+      const who = f.text('who', MAX_WHO_CHARS, 1);
+      const why = f.text('why', MAX_WHY_CHARS);
+      const services = f.required('services');
+      if (
+        !Array.isArray(services) || services.length < 1 || services.length > MAX_SESSION_SERVICES ||
+        !services.every((p) => Number.isInteger(p) && p >= 1 && p <= 65535)
+      ) {
+        f.fail('services', `expected 1-${MAX_SESSION_SERVICES} TCP ports (1-65535)`);
+      }
+      const maxDurationS = f.required('maxDurationS');
+      if (typeof maxDurationS !== 'number' || !Number.isInteger(maxDurationS) || maxDurationS < 1) {
+        f.fail('maxDurationS', 'expected a whole number of seconds >= 1');
+      }
+      const answerBy = f.required('answerBy');
+      if (typeof answerBy !== 'string' || !isProtocolTime(answerBy)) f.fail('answerBy', 'expected an ISO 8601 date-time');
+      return { type, ref, session, who, why, services: services as number[], maxDurationS, answerBy };
+    }
+    case 'session-ended':
+      return { type, ref: f.refField(), session: f.session(), reason: f.text('reason', MAX_REASON_CHARS, 1) };
   }
 }
 

@@ -1,19 +1,26 @@
 // rapctl: the local operator CLI. Talks to rapd over the control socket.
 
 import { RapError, errorMessage } from '../lib/errors.ts';
-import { AUDIT_READ_MAX, type StatusReport } from '../protocol/control.ts';
+import { AUDIT_READ_MAX, type ControlRequest, type StatusReport } from '../protocol/control.ts';
 import type { AuditRecord } from '../protocol/audit.ts';
 import { DEFAULT_CONTROL_SOCKET } from '../rapd/paths.ts';
 import { callControl } from './client.ts';
 import { simCliMain } from '../sim/cli.ts';
 
 const USAGE = `usage: rapctl [--socket PATH] status [--json]
+       rapctl [--socket PATH] sessions
+       rapctl [--socket PATH] session open PORT --service N [--service N]... --who WHO [--why WHY] [--max-duration SEC]
+       rapctl [--socket PATH] session close ID
        rapctl [--socket PATH] audit [--follow] [--json]
        rapctl [--socket PATH] audit verify [--json]
        rapctl instrument-sim --connect HOST:PORT [options]
 
 commands:
   status          show what rapd is doing (--json: machine-readable)
+  sessions        remote sessions: open, being asked for, recently ended (JSON)
+  session open    ask the user at PORT's instrument for a remote session (as the
+                  center's session.open does); waits for the answer, prints the result
+  session close   end a session (as the center's session.close does)
   audit           the audit log, oldest first (--follow: then wait for new
                   records; --json: one record per line as stored)
   audit verify    check the whole hash chain and compare its head with the
@@ -65,6 +72,11 @@ function formatStatus(s: StatusReport): string {
     lines.push(`firewall: table ${n.firewall.table}, ${n.firewall.chains} chains, ${n.firewall.rules} rules (applied ${n.firewall.appliedAt})`);
     lines.push(`networkd: ${n.networkd.files.length} port file(s) in ${n.networkd.dir}${n.networkd.reloaded ? ' (reloaded)' : ' (unchanged)'}`);
   }
+  for (const d of s.degraded ?? []) lines.push(`DEGRADED: ${d}`);
+  for (const x of s.sessions ?? []) {
+    if (x.state === 'ended') continue;
+    lines.push(`session ${x.id}: port ${x.port} (${x.instrument}) tcp ${x.services.join(',')} ${x.state}${x.tunnelIp ? ` via ${x.tunnelIp}` : ''}${x.expiresAt ? ` until ${x.expiresAt}` : ''}; asked by ${x.who}`);
+  }
   for (const p of s.ports) {
     if (!p.listening) {
       lines.push(`port ${p.name}: ${p.listen} NOT LISTENING: waiting for the address since ${p.waitingForAddressSince ?? '?'} (${p.bindError ?? 'unknown'})`);
@@ -100,6 +112,24 @@ export async function rapctlMain(args: string[], io: Io): Promise<number> {
   }
   const [cmd, ...extra] = rest;
   if (cmd === undefined) return usage(io, 'no command given');
+  if (cmd === 'sessions' || cmd === 'session') {
+    let req: ControlRequest;
+    try {
+      req = sessionRequest(cmd, extra);
+    } catch (e) {
+      return usage(io, errorMessage(e));
+    }
+    try {
+      // session open waits for the person at the instrument (the consent timeout, up to an hour).
+      const res = await callControl(socket, req, req.method === 'session-open' ? 3_700_000 : 60_000);
+      if (!res.ok) throw new RapError('RAP_CONTROL', `rapd refused: ${res.error.message}`);
+      io.out(`${JSON.stringify(res.result, null, 2)}\n`);
+      return 0;
+    } catch (e) {
+      io.err(`rapctl: ${errorMessage(e)}\n`);
+      return 1;
+    }
+  }
   if (cmd === 'audit') {
     if (extra.length > 1 || (extra.length === 1 && extra[0] !== 'verify')) return usage(io, `unexpected argument '${extra[extra.length - 1]}'`);
     if (extra[0] === 'verify' && follow) return usage(io, '--follow does not go with verify');
@@ -122,6 +152,41 @@ export async function rapctlMain(args: string[], io: Io): Promise<number> {
     io.err(`rapctl: ${errorMessage(e)}\n`);
     return 1;
   }
+}
+
+function sessionRequest(cmd: string, args: string[]): ControlRequest {
+  if (cmd === 'sessions') {
+    if (args.length > 0) throw new Error(`unexpected argument '${args[0]}'`);
+    return { method: 'sessions' };
+  }
+  const [sub, ...rest] = args;
+  if (sub === 'close') {
+    if (rest.length !== 1) throw new Error('session close needs one session id');
+    return { method: 'session-close', args: { sessionId: rest[0]! } };
+  }
+  if (sub !== 'open') throw new Error(sub === undefined ? 'session needs open or close' : `unknown session command '${sub}'`);
+  const open: Record<string, unknown> = { services: [] as number[], why: '', maxDurationS: 3600 };
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i]!;
+    const v = rest[++i];
+    if (a !== '--service' && a !== '--who' && a !== '--why' && a !== '--max-duration') {
+      if (open['port'] === undefined && !a.startsWith('-')) {
+        open['port'] = a;
+        i--;
+        continue;
+      }
+      throw new Error(`unknown option '${a}'`);
+    }
+    if (v === undefined) throw new Error(`${a} needs a value`);
+    if (a === '--service' || a === '--max-duration') {
+      if (!/^[0-9]{1,6}$/.test(v)) throw new Error(`${a}: expected a whole number, got '${v}'`);
+      if (a === '--service') (open['services'] as number[]).push(Number(v));
+      else open['maxDurationS'] = Number(v);
+    } else open[a.slice(2)] = v;
+  }
+  if (open['port'] === undefined) throw new Error('session open needs a PORT');
+  if (open['who'] === undefined) throw new Error('session open needs --who');
+  return { method: 'session-open', args: open };
 }
 
 /** Poll interval of `audit --follow`. */

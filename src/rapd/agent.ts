@@ -9,6 +9,10 @@
 // closed connection. A flooding instrument is held back by backpressure
 // (at most MAX_UNACKED frames in flight per connection), so it cannot take
 // the whole group commit away from the other ports.
+//
+// For remote sessions the agent is the consent channel (session.ts): it sends
+// the consent request to the identified instrument and hands its answers,
+// its session-end and its consent-clear to the session manager.
 
 import { createServer, type Server, type Socket } from 'node:net';
 import { errorMessage, isRapError, RapError } from '../lib/errors.ts';
@@ -20,6 +24,8 @@ import {
   encodeFrame,
   parseInstrumentFrame,
   type BoxFrame,
+  type ConsentAnswer,
+  type ConsentRequestFrame,
   type InstrumentFrame,
   type ProtocolErrorCode,
 } from '../protocol/instrument.ts';
@@ -35,6 +41,15 @@ export const FRAME_TIMEOUT_MS = 30_000;
 /** Bounds of the retry delay while a port's gateway address is not there yet. */
 export const BIND_RETRY_MIN_MS = 100;
 export const BIND_RETRY_MAX_MS = 5_000;
+
+/** The session manager as an agent sees it (answers from this port's instrument). */
+export interface AgentSessionHandler {
+  /** False: no session of this port waits for that answer. */
+  consent(port: string, session: string, answer: ConsentAnswer): boolean;
+  /** Resolves once the session is torn down; false when it is not open. */
+  end(port: string, session: string): Promise<boolean>;
+  clear(port: string): void;
+}
 
 export interface AgentStore {
   append(msg: NewMessage): Promise<TelemetryMessage>;
@@ -92,6 +107,8 @@ export class PortAgent {
   private bindTimer: NodeJS.Timeout | undefined;
   private stopped = false;
   private readonly counters: PortStatus['counters'] = { frames: 0, stored: 0, polls: 0, errors: {} };
+  private sessions: AgentSessionHandler | null = null;
+  private endedSeq = 0;
 
   private constructor(deps: AgentDeps) {
     this.cfg = deps.port;
@@ -193,6 +210,36 @@ export class PortAgent {
       lastStatusAt: iso(this.lastStatusAt),
       counters: { ...this.counters, errors: { ...this.counters.errors } },
     };
+  }
+
+  setSessionHandler(h: AgentSessionHandler): void {
+    this.sessions = h;
+  }
+
+  /** The newest identified connection: the instrument a consent request goes to. */
+  private identifiedConn(): Conn | null {
+    let found: Conn | null = null;
+    for (const c of this.conns) if (c.identity && !c.sock.destroyed) found = c;
+    return found;
+  }
+
+  /** The identified instrument connected now (its address as seen on the port), or null. */
+  sessionInstrument(): { address: string; serial: string } | null {
+    const c = this.identifiedConn();
+    const address = c?.sock.remoteAddress?.replace(/^::ffff:/, '');
+    return c && address ? { address, serial: c.identity!.serial } : null;
+  }
+
+  requestConsent(frame: ConsentRequestFrame): boolean {
+    const c = this.identifiedConn();
+    if (!c) return false;
+    this.log.info('asking the instrument for consent', { session: frame.session, who: frame.who, services: frame.services });
+    this.send(c, frame);
+    return true;
+  }
+
+  sessionEnded(session: string, reason: string): void {
+    for (const c of this.conns) if (c.identity) this.send(c, { type: 'session-ended', ref: `e-${++this.endedSeq}`, session, reason });
   }
 
   async stop(): Promise<void> {
@@ -353,6 +400,10 @@ export class PortAgent {
         conn.said_bye = true;
         this.send(conn, { type: 'ack', ref: frame.ref, id: null });
         return;
+      case 'consent':
+      case 'session-end':
+      case 'consent-clear':
+        return this.onSessionFrame(conn, frame);
       case 'status':
       case 'alarm': {
         if (!conn.identity) {
@@ -367,6 +418,32 @@ export class PortAgent {
         return;
       }
     }
+  }
+
+  /** Answers about remote sessions: only from an identified instrument, acknowledged once taken. */
+  private onSessionFrame(conn: Conn, frame: Extract<InstrumentFrame, { type: 'consent' | 'session-end' | 'consent-clear' }>): void {
+    if (!conn.identity) return this.protocolError(conn, 'NOT_IDENTIFIED', `${frame.type} before hello: send a hello frame first`, frame.ref);
+    const h = this.sessions;
+    const ack = (): void => this.send(conn, { type: 'ack', ref: frame.ref, id: null });
+    const none = (what: string): void => this.protocolError(conn, 'NO_SESSION', what, frame.ref);
+    if (frame.type === 'consent-clear') {
+      h?.clear(this.cfg.name);
+      return ack();
+    }
+    if (frame.type === 'consent') {
+      this.log.info('consent answer', { session: frame.session, answer: frame.answer, serial: conn.identity.serial });
+      return h?.consent(this.cfg.name, frame.session, frame.answer) ? ack() : none(`session ${frame.session} is not waiting for an answer on this port (too late, or unknown)`);
+    }
+    this.log.info('session end asked by the instrument', { session: frame.session, serial: conn.identity.serial });
+    if (!h) return none(`session ${frame.session} is not open on this port`);
+    conn.inFlight++;
+    h.end(this.cfg.name, frame.session).then(
+      (ended) => (ended ? ack() : none(`session ${frame.session} is not open on this port`)),
+      (e: unknown) => this.protocolError(conn, 'BUSY', `could not end session ${frame.session}: ${errorMessage(e)}`, frame.ref),
+    ).finally(() => {
+      conn.inFlight--;
+      if (!conn.sock.destroyed) this.drain(conn);
+    });
   }
 
   private persist(conn: Conn, ref: string, msg: NewMessage): void {

@@ -262,6 +262,49 @@ export const SETTINGS = [
     default: 67108864,
     doc: 'Below this much free space on the data partition, new routine messages are refused (alarms still accepted).',
   },
+  // --- remote sessions (issue 5): consent, OpenVPN, pinholes ---
+  {
+    key: 'session.consentTimeoutSec',
+    type: { kind: 'integer', min: 5, max: 3600 },
+    default: 120,
+    doc: 'How long the user at the instrument has to answer a remote-session request; no answer in time means denied.',
+  },
+  {
+    key: 'session.maxDurationSec',
+    type: { kind: 'integer', min: 60, max: 86400 },
+    default: 28800,
+    doc: 'Longest remote session the box accepts (the center asks for its own maximum, up to this).',
+  },
+  {
+    key: 'session.vpnConnectTimeoutSec',
+    type: { kind: 'integer', min: 5, max: 600 },
+    default: 60,
+    doc: 'Bound on bringing the session tunnel up after the user approved; past it the session fails and nothing is opened.',
+  },
+  {
+    key: 'vpn.host',
+    type: { kind: 'string', pattern: /^$|^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, patternDoc: 'empty or a DNS name or IPv4 address' },
+    default: '',
+    doc: "The center's OpenVPN server for remote sessions. Empty: the host of `center.url`.",
+  },
+  {
+    key: 'vpn.port',
+    type: { kind: 'integer', min: 1, max: 65535 },
+    default: 443,
+    doc: "TCP port of the center's OpenVPN server (443: what site firewalls let out).",
+  },
+  {
+    key: 'vpn.serverName',
+    type: { kind: 'string', pattern: /^$|^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, patternDoc: 'empty or a DNS name' },
+    default: '',
+    doc: "CN the OpenVPN server's certificate must have (issued by `center.caFile`). Empty: the host of `center.url`.",
+  },
+  {
+    key: 'vpn.tlsCryptFile',
+    type: { kind: 'path' },
+    default: '/var/lib/rapd/pki/vpn-tls-crypt.key',
+    doc: 'The OpenVPN tls-crypt key shared with the center (`rap-center vpn init` makes it; owner-only).',
+  },
   // --- command channel and signed commands (issue 5; docs/commands.md) ---
   {
     key: 'commands.keys',

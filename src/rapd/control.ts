@@ -8,12 +8,18 @@ import { dirname } from 'node:path';
 import { RapError, errorMessage, isRapError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import type { AuditRecord, VerifyReport } from '../protocol/audit.ts';
-import { MAX_REQUEST_BYTES, parseControlRequest, type ControlResponse, type StatusReport } from '../protocol/control.ts';
+import { MAX_REQUEST_BYTES, parseControlRequest, type ControlResponse, type SessionReport, type StatusReport } from '../protocol/control.ts';
 
 export interface ControlHandlers {
   status(): StatusReport;
   auditRead(after: number, limit: number): AuditRecord[];
   auditVerify(): VerifyReport;
+  /** Remote sessions (undefined: this box has no port that can have one). */
+  sessions?: {
+    list(): SessionReport[];
+    open(args: Record<string, unknown>): Promise<unknown>;
+    close(sessionId: string): Promise<unknown>;
+  };
 }
 
 export interface ControlServer {
@@ -46,9 +52,12 @@ export async function startControlServer(path: string, handlers: ControlHandlers
     sockets.add(sock);
     sock.on('close', () => sockets.delete(sock));
     sock.on('error', () => sock.destroy());
+    // The bound is on sending the request; a session-open then waits for the user's answer.
     sock.setTimeout(10_000, () => sock.destroy());
     let buf = '';
+    let taken = false;
     sock.on('data', (chunk: Buffer) => {
+      if (taken) return;
       buf += chunk.toString('utf8');
       const nl = buf.indexOf('\n');
       if (nl < 0) {
@@ -57,12 +66,14 @@ export async function startControlServer(path: string, handlers: ControlHandlers
       }
       const line = buf.slice(0, nl);
       buf = '';
-      reply(sock, handle(line));
+      taken = true;
+      sock.setTimeout(0);
+      void handle(line).then((res) => reply(sock, res));
     });
   });
 
   const fail = (message: string, code = 'RAP_CONTROL'): ControlResponse<unknown> => ({ ok: false, error: { code, message } });
-  const handle = (line: string): ControlResponse<unknown> => {
+  const handle = async (line: string): Promise<ControlResponse<unknown>> => {
     let req;
     try {
       req = parseControlRequest(line);
@@ -78,6 +89,16 @@ export async function startControlServer(path: string, handlers: ControlHandlers
           return { ok: true, result: handlers.auditRead(req.after, req.limit) };
         case 'audit.verify':
           return { ok: true, result: handlers.auditVerify() };
+      }
+      const s = handlers.sessions;
+      if (!s) return fail('remote sessions need an instrument port with an interface', 'RAP_SESSION');
+      switch (req.method) {
+        case 'sessions':
+          return { ok: true, result: s.list() };
+        case 'session-open':
+          return { ok: true, result: await s.open(req.args) };
+        case 'session-close':
+          return { ok: true, result: await s.close(req.args.sessionId) };
       }
     } catch (e) {
       log.warn('control request failed', { method: req.method, error: errorMessage(e) });

@@ -23,6 +23,8 @@ import { applyNetworkFiles, netPorts } from './network.ts';
 import { applyTimesyncd, renderNetworkdFiles, renderTimesyncd } from './wan.ts';
 import type { Notifier } from './notify.ts';
 import { MessageStore } from './store.ts';
+import type { SessionManager } from './session.ts';
+import { localSessionRequest, registerSessionCommands, startSessionHost } from './session-host.ts';
 import { Uplink } from './uplink.ts';
 import type { Paths } from './paths.ts';
 import { RAPD_VERSION } from './version.ts';
@@ -78,13 +80,15 @@ function checkStateDir(dir: string, record: string): void {
  * place when rapd stops: stopping never opens the box. Nothing on the host is
  * touched when all ports are loopback/dev ports (a developer's machine).
  */
-async function applyNetwork(deps: DaemonDeps, now: () => Date, audit: AuditLog): Promise<NetworkReport | null> {
+/** nft, networkctl and openvpn alike: the command line in the debug log. */
+function loggedRunner(deps: DaemonDeps): Runner {
+  const door = deps.run ?? realRun;
+  return (argv, opts) => door(argv, { ...opts, onStart: (cmd) => deps.log.debug('run', { cmd }) });
+}
+
+async function applyNetwork(deps: DaemonDeps, now: () => Date, audit: AuditLog, run: Runner, fw: FirewallAdaptor): Promise<NetworkReport | null> {
   const { config, paths, log } = deps;
   if (netPorts(config).length === 0) return null;
-  const door = deps.run ?? realRun;
-  // nft and networkctl alike: the command line in the debug log.
-  const run: Runner = (argv, opts) => door(argv, { ...opts, onStart: (cmd) => log.debug('run', { cmd }) });
-  const fw = deps.firewall ?? nftAdaptor(run);
   const ruleset = renderFirewall(firewallPolicy(config));
   const sha256 = createHash('sha256').update(ruleset).digest('hex');
   let state;
@@ -148,6 +152,8 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   const slot = readSlot(paths.procCmdline);
 
   checkStateDir(paths.state, `${JSON.stringify({ version: RAPD_VERSION, pid: process.pid, startedAt: startedAt.toISOString() })}\n`);
+  const run = loggedRunner(deps);
+  const fw = deps.firewall ?? nftAdaptor(run);
   // The audit log first: the firewall and config changes below are audited, and
   // the accepted commands in it rebuild the replay memory.
   const accepted: AuditRecord[] = [];
@@ -168,7 +174,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   let network: NetworkReport | null;
   try {
     await auditConfig(audit, log, config);
-    network = await applyNetwork(deps, now, audit);
+    network = await applyNetwork(deps, now, audit, run, fw);
   } catch (e) {
     await audit.close();
     throw e;
@@ -183,6 +189,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   let store: MessageStore;
   const agents: PortAgent[] = [];
   let uplink: Uplink | null = null;
+  let sessions: SessionManager | null = null;
   let channel: CommandChannel | null = null;
   try {
     store = MessageStore.open({
@@ -200,15 +207,25 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
       uplink.start();
       const u = uplink;
       undo.push(() => u.stop());
-      channel = new CommandChannel({ config, router, log, env: deps.env, auditHead: () => audit.headNow() });
-      channel.start();
-      const c = channel;
-      undo.push(() => c.stop());
     }
     for (const port of config['ports']) {
       const agent = await PortAgent.start({ port, store, log, bindRetryMaxMs: deps.bindRetryMaxMs });
       agents.push(agent);
       undo.push(() => agent.stop());
+    }
+    // Unwound before the agents: every session ends (pinhole closed, VPN stopped) and the instrument is told.
+    sessions = startSessionHost({ config, paths, log, run, firewall: fw, agents, audit, env: deps.env ?? process.env });
+    const mgr = sessions;
+    if (mgr) {
+      undo.push(() => mgr.stop());
+      registerSessionCommands(router, mgr);
+    }
+    // The command channel last: every handler is registered before a command can arrive.
+    if (config['center.url'] !== '') {
+      channel = new CommandChannel({ config, router, log, env: deps.env, auditHead: () => audit.headNow() });
+      channel.start();
+      const c = channel;
+      undo.push(() => c.stop());
     }
   } catch (e) {
     await unwind();
@@ -230,6 +247,8 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
     store: store.stats(),
     uplink: uplink?.status() ?? null,
     network,
+    sessions: sessions?.list() ?? [],
+    degraded: [sessions?.degraded()].filter((x): x is string => typeof x === 'string'),
     channel: channel?.status() ?? null,
     commands: { types: router.types(), keys: config['commands.keys'].map((k) => k.id), ...router.stats() },
     audit: { path: paths.auditLog, head: audit.headNow(), anchor: readAnchor(store), recovered: audit.recovered },
@@ -237,9 +256,24 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
 
   let control: ControlServer;
   try {
+    const mgr = sessions;
     control = await startControlServer(
       paths.controlSocket,
-      { status, auditRead: (after, limit) => audit.read(after, limit), auditVerify: () => audit.verify(readAnchor(store)) },
+      {
+        status,
+        auditRead: (after, limit) => audit.read(after, limit),
+        auditVerify: () => audit.verify(readAnchor(store)),
+        sessions: mgr
+          ? {
+              list: () => mgr.list(),
+              open: (args) => mgr.open(localSessionRequest(args)),
+              close: async (id) => {
+                if (!(await mgr.end(id, 'center-close'))) throw new RapError('RAP_SESSION', `no open session ${id}`);
+                return { sessionId: id, closed: true };
+              },
+            }
+          : undefined,
+      },
       log,
     );
   } catch (e) {

@@ -8,8 +8,18 @@
 //   the box and TCP to that port's own gateway address and agent port (plus
 //   ping to it); nothing from the WAN or anywhere else.
 // - forward drops everything: instruments reach neither the WAN nor each
-//   other, whatever net.ipv4.ip_forward says. It jumps to the empty `session`
-//   chain, where remote-session pinholes go (issue 5).
+//   other, whatever net.ipv4.ip_forward says. It jumps to the `session`
+//   chain, empty while no remote session is open. A session's pinhole
+//   (docs: README "Remote sessions") is one element per approved service in
+//   the set `session_pinholes`: (tunnel interface, instrument address, TCP
+//   port), each with a timeout at the session's end, so a pinhole closes
+//   itself even if rapd dies and never re-renders. Both directions of the
+//   service's traffic must match an element (no "established" shortcut), so
+//   removing or expiring the element cuts a running connection at once. The
+//   center reaches the service at the box's tunnel address: DNAT from the
+//   tunnel to the instrument for the approved ports only, and masquerade out
+//   of the instrument port, so the instrument answers its own gateway and
+//   needs no route back.
 // - output is open towards the WAN (egress narrowing to the center, proxy,
 //   DNS and NTP comes with issue 5); towards an instrument the box only
 //   answers (replies and DHCP), it starts nothing.
@@ -28,13 +38,63 @@ export const FIREWALL_TABLE = 'rapbox';
 /** The chain forward jumps to first; issue 5 adds session pinholes here. */
 export const SESSION_CHAIN = 'session';
 
+/** One open remote session's hole: from `tunnel` to `instrument`'s approved TCP ports only. */
+export interface Pinhole {
+  session: string;
+  /** The instrument port (config name) and its interface. */
+  port: string;
+  iface: string;
+  /** The session's OpenVPN tun interface. */
+  tunnel: string;
+  /** The instrument's IPv4 address (the one that consented). */
+  instrument: string;
+  services: number[];
+  /** Seconds until the elements expire on their own (the session's remaining lifetime). */
+  timeoutS: number;
+}
+
 export interface FirewallPolicy {
   ports: NetPort[];
   wanInterface: string;
+  pinholes?: Pinhole[];
 }
 
-export function firewallPolicy(config: Config): FirewallPolicy {
-  return { ports: netPorts(config), wanInterface: config['network.wanInterface'] };
+export function firewallPolicy(config: Config, pinholes: Pinhole[] = []): FirewallPolicy {
+  return { ports: netPorts(config), wanInterface: config['network.wanInterface'], pinholes };
+}
+
+/** The session chain, its set and the NAT chains; nothing at all while no session is open. */
+function renderPinholes(pinholes: Pinhole[]): { chain: string[]; extra: string[] } {
+  if (pinholes.length === 0) return { chain: [], extra: [] };
+  const q = (s: string): string => `"${s}"`;
+  const elements = pinholes.flatMap((p) => p.services.map((svc) => `${q(p.tunnel)} . ${p.instrument} . ${svc} timeout ${Math.max(1, Math.ceil(p.timeoutS))}s`));
+  const extra = [
+    '',
+    '	# One element per approved service of an open session; each expires on its own.',
+    '	set session_pinholes {',
+    '		type ifname . ipv4_addr . inet_service',
+    '		flags timeout',
+    `		elements = { ${elements.join(', ')} }`,
+    '	}',
+    '',
+    "	# The center connects to the box's tunnel address; the approved ports go to the instrument.",
+    '	chain session_dnat {',
+    '		type nat hook prerouting priority dstnat; policy accept;',
+    ...pinholes.map((p) => `		iifname ${q(p.tunnel)} tcp dport { ${p.services.join(', ')} } dnat ip to ${p.instrument}`),
+    '	}',
+    '',
+    '	# The instrument sees its own gateway as the peer: no route back needed.',
+    '	chain session_snat {',
+    '		type nat hook postrouting priority srcnat; policy accept;',
+    ...pinholes.map((p) => `		iifname ${q(p.tunnel)} oifname ${q(p.iface)} ip daddr ${p.instrument} masquerade`),
+    '	}',
+  ];
+  const chain = [
+    ...pinholes.map((p) => `		# session ${p.session}: port ${p.port}, ${p.instrument} tcp ${p.services.join(', ')}`),
+    '		iifname . ip daddr . tcp dport @session_pinholes accept',
+    '		oifname . ip saddr . tcp sport @session_pinholes accept',
+  ];
+  return { chain, extra };
 }
 
 const portChain = (p: NetPort): string => `port_${p.name.replaceAll('-', '_')}`;
@@ -42,6 +102,7 @@ const portChain = (p: NetPort): string => `port_${p.name.replaceAll('-', '_')}`;
 /** The whole `nft -f` input: replaces table inet rapbox in one transaction. */
 export function renderFirewall(policy: FirewallPolicy): string {
   const { ports, wanInterface } = policy;
+  const session = renderPinholes(policy.pinholes ?? []);
   const q = (s: string): string => `"${s}"`;
   const out: string[] = [
     '# rapbox firewall, rendered by rapd from its configuration; rapd replaces',
@@ -85,7 +146,9 @@ export function renderFirewall(policy: FirewallPolicy): string {
     '',
     '\t# Remote-session pinholes (issue 5): empty while no session is open.',
     `\tchain ${SESSION_CHAIN} {`,
+    ...session.chain,
     '\t}',
+    ...session.extra,
     '',
     '\tchain output {',
     '\t\ttype filter hook output priority filter; policy accept;',

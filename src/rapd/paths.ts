@@ -21,6 +21,14 @@ export interface Paths {
   networkd: string;
   /** systemd-timesyncd's runtime drop-in directory (the WAN's NTP servers). */
   timesyncd: string;
+  /** IPv4 forwarding: on only while a remote session is active. */
+  ipForward: string;
+  /** /proc, to check that a leftover PID is still an openvpn. */
+  proc: string;
+  /** The instruments' "never" answers to remote-session requests. */
+  sessionRefusals: string;
+  /** A session VPN's runtime files: config, management socket, PID file, proxy credentials. */
+  vpnFile(dev: string, ext: 'conf' | 'sock' | 'pid' | 'auth'): string;
 }
 
 export const DEFAULT_CONTROL_SOCKET = '/run/rapd/rapd.sock';
@@ -35,6 +43,10 @@ export function pathsFromConfig(config: Config, procRoot = '/proc'): Paths {
     procCmdline: join(procRoot, 'cmdline'),
     networkd: config['paths.networkd'],
     timesyncd: config['paths.timesyncd'],
+    ipForward: join(procRoot, 'sys/net/ipv4/ip_forward'),
+    proc: procRoot,
+    sessionRefusals: join(config['paths.state'], 'session-refusals.json'),
+    vpnFile: (dev, ext) => join(config['paths.runtime'], `vpn-${dev}.${ext}`),
   };
 }
 

@@ -3,7 +3,7 @@
 
 import { errorMessage, isRapError } from '../lib/errors.ts';
 import { MAX_FRAME_BYTES } from '../protocol/instrument.ts';
-import { MAX_WINDOW, MISBEHAVIORS, runSimulator, type Misbehavior, type SimOptions, type SimReport } from './simulator.ts';
+import { MAX_WINDOW, MISBEHAVIORS, SIM_CONSENTS, runSimulator, type Misbehavior, type SimConsent, type SimOptions, type SimReport } from './simulator.ts';
 
 export const SIM_USAGE = `usage: rapctl instrument-sim --connect HOST:PORT [options]
 
@@ -25,6 +25,11 @@ options:
   --alarm-ratio X       share of frames that are alarms, 0..1 (default 0)
   --heartbeat SEC       send a heartbeat every SEC seconds
   --no-polls            do not answer the box's polls
+  --consent ANSWER      answer remote-session consent requests: yes, no, never, or
+                        ignore (default: never answers, as an unattended instrument)
+  --consent-delay SEC   answer SEC seconds after the request (default 0)
+  --end-session SEC     after answering yes, end the session from the instrument SEC later
+                        (each consent request and session end is printed on stderr)
   --misbehave KIND      break the protocol on purpose: ${MISBEHAVIORS.filter((m) => m !== 'none').join(', ')}
   --timeout SEC         bound on every single wait (default 10; 45 with --misbehave slow)
   --json                print the report as JSON (without the message ids)`;
@@ -103,6 +108,20 @@ function parseArgs(args: string[]): { opts: SimOptions; json: boolean } | 'help'
       case '--no-polls':
         o.answerPolls = false;
         break;
+      case '--consent': {
+        const v = value();
+        if (v === undefined || !(SIM_CONSENTS as readonly string[]).includes(v)) {
+          throw new UsageError(`--consent: expected one of ${SIM_CONSENTS.join(', ')}, got '${v ?? ''}'`);
+        }
+        o.consent = v as SimConsent;
+        break;
+      }
+      case '--consent-delay':
+        o.consentDelayMs = number(a, value(), 0, 3600, false) * 1000;
+        break;
+      case '--end-session':
+        o.endSessionAfterMs = number(a, value(), 0, 86400, false) * 1000;
+        break;
       case '--misbehave': {
         const v = value();
         if (v === undefined || !(MISBEHAVIORS as readonly string[]).includes(v)) {
@@ -138,6 +157,7 @@ export function formatReport(r: SimReport, opts: SimOptions): string {
     `errors:    ${errors || 'none'}`,
     `polls:     ${r.polled}`,
   ];
+  if (r.consentRequests > 0) lines.push(`sessions:  ${r.consentRequests} consent request(s) (answered ${opts.consent ?? 'ignore'}), ended: ${r.sessionsEnded.map((e) => e.reason).join(', ') || 'none'}`);
   if (r.violations > 0) lines.push(`violations: ${r.violations} (--misbehave ${opts.misbehave})`);
   if (r.badReplies > 0) lines.push(`bad replies from the box: ${r.badReplies}`);
   lines.push(`ended:     ${r.end}`);
@@ -158,6 +178,11 @@ export async function simCliMain(args: string[], io: SimIo): Promise<number> {
     return 0;
   }
   const { opts, json } = parsed;
+  // Live, for a person at the console (or a test watching): the box's session frames.
+  opts.onSession = (f) => {
+    if (f.type === 'consent-request') io.err(`session: consent-request ${f.session} from ${f.who} for tcp ${f.services.join(',')}: ${opts.consent ?? 'ignore'}\n`);
+    if (f.type === 'session-ended') io.err(`session: ended ${f.session} (${f.reason})\n`);
+  };
   let report: SimReport;
   try {
     report = await runSimulator(opts);

@@ -78,7 +78,21 @@ export interface SimOptions {
   onAck?: (ref: string, id: string | null) => void;
   /** Bound on every single wait (default 10000). */
   timeoutMs?: number;
+  /**
+   * The simulated user's answer to a remote-session consent request: yes, no,
+   * never, or ignore (default: never answers, as an unattended instrument).
+   */
+  consent?: SimConsent;
+  /** Answer this long after the request arrives (default 0). */
+  consentDelayMs?: number;
+  /** After answering yes, end the session from the instrument (session-end) this long later. */
+  endSessionAfterMs?: number;
+  /** Called for every consent-request and session-ended frame from the box. */
+  onSession?: (frame: BoxFrame) => void;
 }
+
+export const SIM_CONSENTS = ['yes', 'no', 'never', 'ignore'] as const;
+export type SimConsent = (typeof SIM_CONSENTS)[number];
 
 export interface SimReport {
   /** Status and alarm frames sent, poll answers included. */
@@ -95,6 +109,9 @@ export interface SimReport {
   ids: string[];
   /** Polls received. */
   polled: number;
+  /** Consent requests received, and the sessions the box said were over (with the reason). */
+  consentRequests: number;
+  sessionsEnded: { session: string; reason: string }[];
   /** Lines sent that break the protocol on purpose (misbehave). */
   violations: number;
   /** Most frames (of any type) in flight at once. */
@@ -299,6 +316,10 @@ interface Settings {
   signal: AbortSignal | undefined;
   onAck: ((ref: string, id: string | null) => void) | undefined;
   timeoutMs: number;
+  consent: SimConsent;
+  consentDelayMs: number;
+  endSessionAfterMs: number | null;
+  onSession: ((frame: BoxFrame) => void) | undefined;
 }
 
 function usage(message: string): never {
@@ -333,6 +354,12 @@ function settings(o: SimOptions): Settings {
   if (!(slowByteMs >= 1)) usage(`slowByteMs: expected >= 1, got ${slowByteMs}`);
   const timeoutMs = o.timeoutMs ?? 10_000;
   if (!(timeoutMs >= 1) || !Number.isFinite(timeoutMs)) usage(`timeoutMs: expected >= 1, got ${timeoutMs}`);
+  const consent = o.consent ?? 'ignore';
+  if (!(SIM_CONSENTS as readonly string[]).includes(consent)) usage(`consent: expected one of ${SIM_CONSENTS.join(', ')}`);
+  const consentDelayMs = o.consentDelayMs ?? 0;
+  if (!(consentDelayMs >= 0) || !Number.isFinite(consentDelayMs)) usage(`consentDelayMs: expected >= 0, got ${consentDelayMs}`);
+  const endSessionAfterMs = o.endSessionAfterMs ?? null;
+  if (endSessionAfterMs !== null && (!(endSessionAfterMs >= 0) || !Number.isFinite(endSessionAfterMs))) usage(`endSessionAfterMs: expected >= 0, got ${endSessionAfterMs}`);
   const hello: Extract<InstrumentFrame, { type: 'hello' }> = {
     type: 'hello',
     ref: 'h1',
@@ -364,6 +391,10 @@ function settings(o: SimOptions): Settings {
     signal: o.signal,
     onAck: o.onAck,
     timeoutMs,
+    consent,
+    consentDelayMs,
+    endSessionAfterMs,
+    onSession: o.onSession,
   };
 }
 
@@ -401,6 +432,8 @@ class Simulator {
     errors: {},
     ids: [],
     polled: 0,
+    consentRequests: 0,
+    sessionsEnded: [],
     violations: 0,
     maxInFlight: 0,
     badReplies: 0,
@@ -411,6 +444,8 @@ class Simulator {
   private aborted = false;
   private helloReply: BoxFrame | null = null;
   private heartbeat: NodeJS.Timeout | undefined;
+  /** Pending answers of the simulated user (cleared when the run ends). */
+  private readonly timers = new Set<NodeJS.Timeout>();
 
   constructor(s: Settings, sock: Socket) {
     this.s = s;
@@ -503,6 +538,7 @@ class Simulator {
       return;
     }
     if (frame.type === 'poll') return this.onPoll();
+    if (frame.type === 'consent-request' || frame.type === 'session-ended') return this.onSessionFrame(frame);
     const key = frame.ref ?? this.oldestViolation();
     const pending = key === undefined ? undefined : this.inFlight.get(key);
     if (frame.type === 'error') this.report.errors[frame.code] = (this.report.errors[frame.code] ?? 0) + 1;
@@ -533,6 +569,30 @@ class Simulator {
   private oldestViolation(): string | undefined {
     for (const [key, p] of this.inFlight) if (p.kind === 'violation') return key;
     return undefined;
+  }
+
+  /** The simulated user at the instrument: answers as configured, may end the session later. */
+  private onSessionFrame(frame: Extract<BoxFrame, { type: 'consent-request' | 'session-ended' }>): void {
+    this.s.onSession?.(frame);
+    if (frame.type === 'session-ended') {
+      this.report.sessionsEnded.push({ session: frame.session, reason: frame.reason });
+      return;
+    }
+    this.report.consentRequests++;
+    const answer = this.s.consent;
+    if (answer === 'ignore') return;
+    const session = frame.session;
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      this.send({ type: 'consent', ref: `k${++this.seq}`, session, answer }, 'control');
+      if (answer !== 'yes' || this.s.endSessionAfterMs === null) return;
+      const end = setTimeout(() => {
+        this.timers.delete(end);
+        this.send({ type: 'session-end', ref: `k${++this.seq}`, session }, 'control');
+      }, this.s.endSessionAfterMs);
+      this.timers.add(end);
+    }, this.s.consentDelayMs);
+    this.timers.add(timer);
   }
 
   private onPoll(): void {
@@ -569,6 +629,7 @@ class Simulator {
     } finally {
       this.answering = false;
       clearInterval(this.heartbeat);
+      for (const tm of this.timers) clearTimeout(tm);
       s.signal?.removeEventListener('abort', onAbort);
       this.link.destroy();
     }

@@ -29,6 +29,7 @@ import { realisticStatus } from './messages.ts';
 import { cpuMeter, killAll, makePki, NODE, RAPD, REPO, rssAnonKiB, runSims, sleep, startCenterProc, startRapd, track, until, type Rapd } from './procs.ts';
 import type { SimSummary } from './sims.ts';
 import { rawAppendLatency, rawAppendThroughput, rawPostLoop } from './raw.ts';
+import type { Better, Row } from './rows.ts';
 
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 9);
 const DRAIN_MESSAGES = Number(process.env['BENCH_DRAIN_MESSAGES'] ?? 1_000_000);
@@ -37,17 +38,6 @@ const INSTRUMENTS = 8;
 /** The whole bench must end well inside 10 minutes; past this everything is killed. */
 const GLOBAL_BOUND_MS = 9.5 * 60_000;
 
-type Better = 'higher' | 'lower';
-interface Row {
-  name: string;
-  value: number | null;
-  unit: string;
-  ceiling: number | null;
-  ratio: number | null;
-  better: Better;
-  target: string | null;
-  note?: string;
-}
 
 const rows: Row[] = [];
 const sources: string[] = [];

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import type { Test } from 'tap';
 import { run } from '../../src/lib/run.ts';
 
-const PROBE = join(import.meta.dirname, 'netprobe.ts');
+export const PROBE = join(import.meta.dirname, 'netprobe.ts');
 
 /** Why these tests cannot run here, or null. */
 export function netnsSkipReason(): string | null {
@@ -53,7 +53,7 @@ export const ADDR = {
  * `boxAddresses: false` leaves the box's gateway addresses off (systemd-networkd
  * adds them on the appliance; the test adds them when it wants).
  */
-export async function makeLab(t: Test, opts: { boxAddresses?: boolean } = {}): Promise<Lab> {
+export async function makeLab(t: Pick<Test, 'teardown'>, opts: { boxAddresses?: boolean } = {}): Promise<Lab> {
   const id = `rb${randomBytes(3).toString('hex')}`;
   const ns = { box: `${id}-box`, i1: `${id}-i1`, i2: `${id}-i2`, wan: `${id}-wan` };
   const children: ChildProcess[] = [];

@@ -4,6 +4,9 @@ import { deepStrictEqual } from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import {
   ALARM_SEVERITIES,
+  BOX_FRAME_TYPES,
+  CONSENT_ANSWERS,
+  INSTRUMENT_FRAME_TYPES,
   LineSplitter,
   MAX_DATA_DEPTH,
   MAX_FRAME_BYTES,
@@ -91,14 +94,14 @@ t.test('parseInstrumentFrame: each invalid case, with code, message and recovere
       name: 'unknown type',
       line: '{"type":"reading","ref":"r1"}',
       code: 'UNKNOWN_TYPE',
-      message: 'type: unknown frame type "reading" (known: hello, status, alarm, heartbeat, bye)',
+      message: 'type: unknown frame type "reading" (known: hello, status, alarm, heartbeat, bye, consent, session-end, consent-clear)',
       ref: 'r1',
     },
     {
       name: 'a box frame type sent by an instrument',
       line: '{"type":"ack","ref":"r1","id":null}',
       code: 'UNKNOWN_TYPE',
-      message: 'type: unknown frame type "ack" (known: hello, status, alarm, heartbeat, bye)',
+      message: 'type: unknown frame type "ack" (known: hello, status, alarm, heartbeat, bye, consent, session-end, consent-clear)',
       ref: 'r1',
     },
     { name: 'unknown type, bad ref', line: '{"type":"x","ref":""}', code: 'UNKNOWN_TYPE', message: /^type: unknown frame type "x"/, ref: null },
@@ -182,9 +185,33 @@ t.test('parseBoxFrame: valid frames', async (t) => {
   for (const c of cases) t.strictSame(parseBoxFrame(c.line), c.want, c.line);
 });
 
+t.test('remote-session frames: valid and invalid, each problem named', async (t) => {
+  const req = { type: 'consent-request', ref: 'c-1', session: UUID, who: 'center:j.doe', why: 'probe error E1042', services: [5900], maxDurationS: 3600, answerBy: '2026-11-23T14:07:00.000Z' };
+  t.strictSame(parseBoxFrame(j(req)), req, 'consent-request');
+  t.strictSame(parseBoxFrame(j({ type: 'session-ended', ref: 'e-1', session: UUID, reason: 'local-revoke' })), { type: 'session-ended', ref: 'e-1', session: UUID, reason: 'local-revoke' });
+  t.strictSame(parseInstrumentFrame(j({ type: 'consent', ref: 'k1', session: UUID, answer: 'never' })), { type: 'consent', ref: 'k1', session: UUID, answer: 'never' });
+  t.strictSame(parseInstrumentFrame(j({ type: 'session-end', ref: 'k2', session: UUID })), { type: 'session-end', ref: 'k2', session: UUID });
+  t.strictSame(parseInstrumentFrame(j({ type: 'consent-clear', ref: 'k3' })), { type: 'consent-clear', ref: 'k3' });
+  const bad: { line: string; message: string; box?: boolean }[] = [
+    { line: j({ type: 'consent', ref: 'k1', session: UUID, answer: 'maybe' }), message: 'consent.answer: expected one of yes, no, never' },
+    { line: j({ type: 'consent', ref: 'k1', answer: 'yes' }), message: 'consent.session: missing' },
+    { line: j({ type: 'consent', ref: 'k1', session: 'x', answer: 'yes' }), message: 'consent.session: expected a session id (UUID)' },
+    { line: j({ type: 'session-end', ref: 'k2' }), message: 'session-end.session: missing' },
+    { line: j({ ...req, services: [] }), message: 'consent-request.services: expected 1-8 TCP ports (1-65535)', box: true },
+    { line: j({ ...req, services: [0] }), message: 'consent-request.services: expected 1-8 TCP ports (1-65535)', box: true },
+    { line: j({ ...req, who: '' }), message: 'consent-request.who: expected 1-128 characters, no control characters', box: true },
+    { line: j({ ...req, why: 'a\nb' }), message: 'consent-request.why: expected 0-1024 characters, no control characters', box: true },
+    { line: j({ ...req, maxDurationS: 1.5 }), message: 'consent-request.maxDurationS: expected a whole number of seconds >= 1', box: true },
+    { line: j({ ...req, answerBy: 'soon' }), message: 'consent-request.answerBy: expected an ISO 8601 date-time', box: true },
+  ];
+  for (const c of bad) {
+    t.throws(() => (c.box ? parseBoxFrame : parseInstrumentFrame)(c.line), { name: 'ProtocolError', code: 'BAD_FRAME', message: c.message }, c.line);
+  }
+});
+
 t.test('parseBoxFrame: invalid frames', async (t) => {
   const cases: { line: string; code: string; message: string | RegExp }[] = [
-    { line: '{"type":"status","ref":"s1","data":{}}', code: 'UNKNOWN_TYPE', message: 'type: unknown frame type "status" (known: ack, error, poll)' },
+    { line: '{"type":"status","ref":"s1","data":{}}', code: 'UNKNOWN_TYPE', message: 'type: unknown frame type "status" (known: ack, error, poll, consent-request, session-ended)' },
     { line: '{"type":"ack","ref":"s1"}', code: 'BAD_FRAME', message: 'ack.id: missing' },
     { line: '{"type":"ack","ref":"s1","id":"42"}', code: 'BAD_FRAME', message: 'ack.id: expected a UUID or null' },
     { line: `{"type":"ack","id":"${UUID}"}`, code: 'BAD_FRAME', message: 'ack.ref: missing' },
@@ -336,7 +363,10 @@ const data = fc.dictionary(fc.string(), fc.jsonValue({ maxDepth: 4 }), { noNullP
 const either = <T>(valid: fc.Arbitrary<T>): fc.Arbitrary<unknown> => fc.oneof(valid, anyField);
 const nearFrame = fc
   .record({
-    type: either(fc.constantFrom('hello', 'status', 'alarm', 'heartbeat', 'bye', 'ack', 'error', 'poll')),
+    type: either(fc.constantFrom(...INSTRUMENT_FRAME_TYPES, ...BOX_FRAME_TYPES)),
+    session: either(fc.uuid()),
+    answer: either(fc.constantFrom(...CONSENT_ANSWERS)),
+    services: either(fc.array(fc.integer({ min: 0, max: 70000 }), { maxLength: 9 })),
     ref: either(ref),
     protocol: either(fc.constant(1)),
     serial: either(ref),
@@ -366,11 +396,25 @@ const instrumentFrame: fc.Arbitrary<InstrumentFrame> = fc.oneof(
   }),
   fc.record({ type: fc.constant('heartbeat' as const), ref }),
   fc.record({ type: fc.constant('bye' as const), ref }),
+  fc.record({ type: fc.constant('consent' as const), ref, session: fc.uuid(), answer: fc.constantFrom(...CONSENT_ANSWERS) }),
+  fc.record({ type: fc.constant('session-end' as const), ref, session: fc.uuid() }),
+  fc.record({ type: fc.constant('consent-clear' as const), ref }),
 );
 const boxFrame: fc.Arbitrary<BoxFrame> = fc.oneof(
   fc.record({ type: fc.constant('ack' as const), ref, id: fc.oneof(fc.constant(null), fc.uuid()) }),
   fc.record({ type: fc.constant('error' as const), ref: fc.oneof(fc.constant(null), ref), code: fc.constantFrom(...PROTOCOL_ERROR_CODES), message: fc.string({ unit: 'binary', maxLength: 200 }) }),
   fc.record({ type: fc.constant('poll' as const), ref }),
+  fc.record({
+    type: fc.constant('consent-request' as const),
+    ref,
+    session: fc.uuid(),
+    who: label,
+    why: fc.string({ maxLength: 100 }).filter((s) => !/[\u0000-\u001f\u007f-\u009f]/.test(s)),
+    services: fc.array(fc.integer({ min: 1, max: 65535 }), { minLength: 1, maxLength: 8 }),
+    maxDurationS: fc.integer({ min: 1, max: 86400 }),
+    answerBy: fc.date({ min: new Date('2000-01-01T00:00:00Z'), max: new Date('2100-01-01T00:00:00Z'), noInvalidDate: true }).map((d) => d.toISOString()),
+  }),
+  fc.record({ type: fc.constant('session-ended' as const), ref, session: fc.uuid(), reason: label }),
 );
 
 // JSON has no -0: what a frame means is its JSON text.
@@ -436,7 +480,7 @@ t.test('every example in docs/instrument-protocol.md means what the text says', 
   for (const block of doc.matchAll(/```json\n([\s\S]*?)```/g)) {
     for (const line of block[1]!.split('\n').filter(Boolean)) {
       const type = (JSON.parse(line) as { type: string }).type;
-      if (['ack', 'error', 'poll'].includes(type)) parseBoxFrame(line);
+      if ((BOX_FRAME_TYPES as readonly string[]).includes(type)) parseBoxFrame(line);
       else parseInstrumentFrame(line);
       t.pass(`${type} example parses`);
     }

@@ -265,3 +265,62 @@ t.test('a loopback/dev port with a missing address still fails at once', async (
     { code: 'RAP_AGENT', message: /port dev: cannot listen on 192\.0\.2\.1:7400: .*EADDRNOTAVAIL/ },
   );
 });
+
+t.test('remote sessions: the agent is the consent channel between the session manager and the simulated user', async (t) => {
+  const { agent } = await setup(t);
+  const { runSimulator } = await import('../../../src/sim/simulator.ts');
+  const SESSION = '6b0f3f5e-3c2a-4d8e-9a51-2f7c1e0d9b44';
+  const calls: string[] = [];
+  let waiting = true;
+  agent.setSessionHandler({
+    consent(port, session, answer) {
+      calls.push(`consent ${port} ${session === SESSION ? 'S' : session} ${answer}`);
+      const ok = waiting;
+      waiting = false;
+      return ok;
+    },
+    async end(port, session) {
+      calls.push(`end ${port} ${session === SESSION ? 'S' : session}`);
+      agent.sessionEnded(session, 'local-revoke');
+      return true;
+    },
+    clear(port) {
+      calls.push(`clear ${port}`);
+    },
+  });
+  t.equal(agent.sessionInstrument(), null, 'nobody to ask before an instrument identified itself');
+  t.notOk(agent.requestConsent({ type: 'consent-request', ref: 'c-1', session: SESSION, who: 'w', why: '', services: [5900], maxDurationS: 60, answerBy: new Date().toISOString() }));
+
+  const sim = runSimulator({ host: '127.0.0.1', port: agent.boundPort, count: 4, ratePerSec: 4, consent: 'yes', endSessionAfterMs: 100 });
+  const deadline = Date.now() + 5000;
+  while (!agent.sessionInstrument() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  t.match(agent.sessionInstrument(), { address: '127.0.0.1', serial: 'SIM-0001' });
+  t.ok(agent.requestConsent({ type: 'consent-request', ref: 'c-1', session: SESSION, who: 'center:j.doe', why: 'E1042', services: [5900], maxDurationS: 60, answerBy: new Date(Date.now() + 120_000).toISOString() }));
+  const report = await sim;
+  t.strictSame(calls, ['consent p1 S yes', 'end p1 S']);
+  t.equal(report.consentRequests, 1);
+  t.strictSame(report.sessionsEnded, [{ session: SESSION, reason: 'local-revoke' }], 'the instrument is told the session ended');
+  t.equal(report.unanswered, 0, 'consent and session-end were acknowledged');
+  t.strictSame(report.errors, {});
+});
+
+t.test('remote sessions: late or unknown answers get NO_SESSION, answers before hello NOT_IDENTIFIED', async (t) => {
+  const { agent } = await setup(t);
+  agent.setSessionHandler({ consent: () => false, end: async () => false, clear: () => {} });
+  const c = await client(t, agent.boundPort);
+  const S = '6b0f3f5e-3c2a-4d8e-9a51-2f7c1e0d9b44';
+  c.send({ type: 'consent', ref: 'k0', session: S, answer: 'yes' });
+  c.send(hello);
+  c.send({ type: 'consent', ref: 'k1', session: S, answer: 'yes' });
+  c.send({ type: 'session-end', ref: 'k2', session: S });
+  c.send({ type: 'consent-clear', ref: 'k3' });
+  // session-end is answered once the manager has ended it (asynchronously): replies may come out of order.
+  const replies = [...(await c.waitFor(5))].sort((a, b) => String(a['ref']).localeCompare(String(b['ref'])));
+  t.strictSame(replies, [
+    { type: 'ack', ref: 'h1', id: null },
+    { type: 'error', ref: 'k0', code: 'NOT_IDENTIFIED', message: 'consent before hello: send a hello frame first' },
+    { type: 'error', ref: 'k1', code: 'NO_SESSION', message: `session ${S} is not waiting for an answer on this port (too late, or unknown)` },
+    { type: 'error', ref: 'k2', code: 'NO_SESSION', message: `session ${S} is not open on this port` },
+    { type: 'ack', ref: 'k3', id: null },
+  ]);
+});

@@ -36,7 +36,7 @@ function recordingNotifier(fail = false) {
 }
 
 function setup(t: Test) {
-  const dir = t.testdir({ proc: { cmdline: 'root=x rapbox.slot=b\n' } });
+  const dir = t.testdir({ proc: { cmdline: 'root=x rapbox.slot=b\n', sys: { net: { ipv4: { ip_forward: '1\n' } } } } });
   // Unix socket paths are limited to 108 bytes; tap's fixture paths are longer.
   const run = mkdtempSync('/tmp/rapd-test-');
   t.teardown(() => rmSync(run, { recursive: true, force: true }));
@@ -77,7 +77,7 @@ t.test('a bad control request gets an error answer, not a crash', async (t) => {
   const d = await startDaemon({ config, paths, log, notifier: recordingNotifier().n });
   t.teardown(() => d.stop('test'));
   const res = await callControl(paths.controlSocket, { method: 'bogus' as 'status' });
-  t.same(res, { ok: false, error: { code: 'RAP_CONTROL', message: 'unknown method "bogus" (known: status, audit.read, audit.verify)' } });
+  t.same(res, { ok: false, error: { code: 'RAP_CONTROL', message: 'unknown method "bogus" (known: status, audit.read, audit.verify, sessions, session-open, session-close)' } });
 });
 
 t.test('unwritable state directory fails before anything listens', async (t) => {
@@ -141,6 +141,8 @@ t.test('a port with an interface: firewall, then networkd files (ports and WAN),
   const s = d.status();
   t.match(s.network, { firewall: { table: 'inet rapbox', chains: 2, rules: 9 }, networkd: { dir: p.networkd, files: ['10-rapbox-p1.network', '80-wan.network'], reloaded: true } });
   t.match(s.ports[0], { name: 'p1', listen: '192.0.2.1:7400', listening: false, bindError: 'EADDRNOTAVAIL' });
+  t.equal(readFileSync(p.ipForward, 'utf8'), '0\n', 'forwarding is off at start: no session is open');
+  t.same(s.sessions, []);
 });
 
 t.test('a firewall that does not load stops the start before networkd or any agent', async (t) => {

@@ -1,6 +1,6 @@
 import t from 'tap';
 import { parseConfig } from '../../../src/rapd/config.ts';
-import { applyFirewall, firewallPolicy, nftAdaptor, parseNftJson, renderFirewall, type FirewallAdaptor } from '../../../src/rapd/firewall.ts';
+import { applyFirewall, firewallPolicy, nftAdaptor, parseNftJson, renderFirewall, type FirewallAdaptor, type Pinhole } from '../../../src/rapd/firewall.ts';
 import { RapError } from '../../../src/lib/errors.ts';
 import type { Runner } from '../../../src/lib/run.ts';
 
@@ -38,7 +38,7 @@ const FORWARD = `	chain forward {
 `;
 
 // State table: the whole rendered ruleset for each config.
-const cases: { name: string; input: unknown; want: string }[] = [
+const cases: { name: string; input: unknown; pinholes?: Pinhole[]; want: string }[] = [
   {
     name: 'no port with an interface: the static default-deny table',
     input: { ports: [{ name: 'dev', address: '127.0.0.1' }] },
@@ -98,9 +98,85 @@ ${FORWARD}
 `,
   },
 ];
+cases.push({
+  name: 'two open sessions (two services on p1, one on p2): the set with timeouts, DNAT and masquerade per tunnel',
+  input: { ports: [{ name: 'p1', interface: 'inst1' }, { name: 'p2', interface: 'inst2', dhcp: false }] },
+  pinholes: [
+    { session: 's-1', port: 'p1', iface: 'inst1', tunnel: 'rapvpn0', instrument: '100.87.0.9', services: [5900, 22], timeoutS: 3599.2 },
+    { session: 's-2', port: 'p2', iface: 'inst2', tunnel: 'rapvpn1', instrument: '100.87.0.18', services: [3389], timeoutS: 0.2 },
+  ],
+  want: `${HEAD}		iifname "wan" ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept
+		# Each instrument port has its own chain; what it does not accept is dropped.
+		iifname vmap { "inst1" : jump port_p1, "inst2" : jump port_p2 }
+		# Everything else, the WAN included, falls to the policy: drop.
+	}
+
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		ct state invalid drop
+		# Nothing is forwarded except what a remote session opens there.
+		jump session
+	}
+
+	# Remote-session pinholes (issue 5): empty while no session is open.
+	chain session {
+		# session s-1: port p1, 100.87.0.9 tcp 5900, 22
+		# session s-2: port p2, 100.87.0.18 tcp 3389
+		iifname . ip daddr . tcp dport @session_pinholes accept
+		oifname . ip saddr . tcp sport @session_pinholes accept
+	}
+
+	# One element per approved service of an open session; each expires on its own.
+	set session_pinholes {
+		type ifname . ipv4_addr . inet_service
+		flags timeout
+		elements = { "rapvpn0" . 100.87.0.9 . 5900 timeout 3600s, "rapvpn0" . 100.87.0.9 . 22 timeout 3600s, "rapvpn1" . 100.87.0.18 . 3389 timeout 1s }
+	}
+
+	# The center connects to the box's tunnel address; the approved ports go to the instrument.
+	chain session_dnat {
+		type nat hook prerouting priority dstnat; policy accept;
+		iifname "rapvpn0" tcp dport { 5900, 22 } dnat ip to 100.87.0.9
+		iifname "rapvpn1" tcp dport { 3389 } dnat ip to 100.87.0.18
+	}
+
+	# The instrument sees its own gateway as the peer: no route back needed.
+	chain session_snat {
+		type nat hook postrouting priority srcnat; policy accept;
+		iifname "rapvpn0" oifname "inst1" ip daddr 100.87.0.9 masquerade
+		iifname "rapvpn1" oifname "inst2" ip daddr 100.87.0.18 masquerade
+	}
+
+	chain output {
+		type filter hook output priority filter; policy accept;
+		oifname { "inst1", "inst2" } jump to_instrument
+	}
+
+	# The box only answers on an instrument port: it starts nothing there.
+	chain to_instrument {
+		ct state established,related accept
+		udp sport 67 udp dport 68 accept
+		drop
+	}
+
+	# instrument port p1 on inst1: 100.87.0.0/28, gateway 100.87.0.1
+	chain port_p1 {
+		ip daddr { 255.255.255.255, 100.87.0.1 } udp sport 68 udp dport 67 accept
+		ip saddr 100.87.0.0/28 ip daddr 100.87.0.1 tcp dport 7400 accept
+		ip saddr 100.87.0.0/28 ip daddr 100.87.0.1 icmp type echo-request accept
+	}
+
+	# instrument port p2 on inst2: 100.87.0.16/28, gateway 100.87.0.17
+	chain port_p2 {
+		ip saddr 100.87.0.16/28 ip daddr 100.87.0.17 tcp dport 7400 accept
+		ip saddr 100.87.0.16/28 ip daddr 100.87.0.17 icmp type echo-request accept
+	}
+}
+`,
+});
 for (const c of cases) {
   t.test(`render: ${c.name}`, async (t) => {
-    t.equal(renderFirewall(firewallPolicy(parseConfig(c.input, 'test'))), c.want);
+    t.equal(renderFirewall(firewallPolicy(parseConfig(c.input, 'test'), c.pinholes)), c.want);
   });
 }
 
