@@ -100,6 +100,8 @@ export class PortAgent {
   private lastSeen: number | null = null;
   private lastStatusAt: number | null = null;
   private lastPollAt = 0;
+  /** When the instrument last said hello: the poll clock starts there, not at 0. */
+  private identifiedAt: number | null = null;
   private pollSeq = 0;
   private listening = false;
   private lastBindError: string | null = null;
@@ -386,6 +388,7 @@ export class PortAgent {
       conn.identity = { serial: frame.serial, model: frame.model, swVersion: frame.swVersion };
       if (this.instrument?.serial !== frame.serial) this.log.info('instrument identified', { ...conn.identity });
       this.instrument = conn.identity;
+      this.identifiedAt = this.now();
     }
     // Presence counts only identified instruments.
     if (conn.identity) this.seen();
@@ -497,7 +500,9 @@ export class PortAgent {
     }
     const interval = this.cfg.pollIntervalSec * 1000;
     if (interval <= 0) return;
-    const lastStatus = this.lastStatusAt ?? 0;
+    // An instrument that just said hello is not overdue: it gets one interval
+    // to push its first status before it is polled.
+    const lastStatus = Math.max(this.lastStatusAt ?? 0, this.identifiedAt ?? 0);
     if (now - lastStatus >= interval && now - this.lastPollAt >= interval) {
       for (const c of this.conns) {
         if (!c.identity || c.sock.destroyed) continue;

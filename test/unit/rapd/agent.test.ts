@@ -223,6 +223,18 @@ t.test('polls a quiet instrument; reports it offline after silence, online again
   t.equal(agent.status().online, true, 'online again');
 });
 
+t.test('a newly identified instrument gets one poll interval to push before it is polled', async (t) => {
+  const { agent } = await setup(t, { pollIntervalSec: 1 });
+  const c = await client(t, agent.boundPort);
+  c.send(hello);
+  await c.waitFor(1, 3000);
+  // Ticks run every 20 ms; without the grace the first one would poll at once.
+  await new Promise((r) => setTimeout(r, 500));
+  t.same(c.lines.map((f) => f['type']), ['ack'], 'no poll within half an interval of the hello');
+  await c.waitFor(2, 3000);
+  t.equal(c.lines[1]?.['type'], 'poll', 'polled once the interval passed without a status');
+});
+
 t.test('listen failure names the port and address', async (t) => {
   const { agent } = await setup(t);
   await t.rejects(
