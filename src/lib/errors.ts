@@ -19,7 +19,8 @@ export type RapErrorCode =
   | 'RAP_PROXY'
   | 'RAP_PROTOCOL'
   | 'RAP_CENTER' | 'RAP_PKI'
-  | 'RAP_IMAGE';
+  | 'RAP_IMAGE'
+  | 'RAP_HARDENING';
 
 export class RapError extends Error {
   readonly code: RapErrorCode;
