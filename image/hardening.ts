@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { RapError, errorLine } from '../src/lib/errors.ts';
 import { run, type Runner } from '../src/lib/run.ts';
-import { REPO } from './tools.ts';
+import { REPO, info, stage } from './tools.ts';
 
 export const RULES_DIR = join(REPO, 'hardening');
 
@@ -210,6 +210,30 @@ export function gate(results: RuleResult[]): void {
 /** rules.json: deterministic (no times, no host paths), so a rebuild gives the same bytes. */
 export function renderResults(results: RuleResult[]): string {
   return `${JSON.stringify({ schema: 'rapbox-hardening-results/1', summary: summarize(results), rules: results }, null, 2)}\n`;
+}
+
+/** Image build, before the root is sealed: every rule's fix, applied to the root tree. */
+export async function applyHardening(tree: string): Promise<void> {
+  const rules = loadRules();
+  stage(`hardening: apply ${rules.filter((r) => r.hasFix).length} fixes (hardening/*/fix) to the root tree`);
+  await applyFixes(rules, tree);
+}
+
+/**
+ * Image build, after sealing: every check on the tree that was fed to
+ * mksquashfs (and the ESP staging directory); the results go to `json`
+ * (rules.json) whatever they are, then a failure without a build exception
+ * fails the build, naming each rule.
+ */
+export async function verifyHardening(tree: string, esp: string, json: string): Promise<RuleResult[]> {
+  const rules = loadRules();
+  stage(`hardening: ${rules.length} checks on the sealed tree`);
+  const results = await checkAll(rules, tree, { esp });
+  writeFileSync(json, renderResults(results));
+  const s = summarize(results);
+  info(`${s.pass} pass, ${s.fail} fail, ${s.excepted} excepted, ${s.notapplicable} not applicable -> ${json}`);
+  gate(results);
+  return results;
 }
 
 async function main(argv: string[]): Promise<void> {
