@@ -8,12 +8,13 @@
 // declaration of the format, so an unknown field is a bug or a newer rapd, and
 // dropping it silently would lose data the center was meant to keep.
 
+import { parseAuditRecord } from '../protocol/audit.ts';
 import { DEVICE_ID, DEVICE_ID_DOC, PORT_NAME, PORT_NAME_DOC, type InstrumentIdentity, type MessageKind, type TelemetryBatch, type TelemetryMessage } from '../protocol/telemetry.ts';
 
 /** Same rule as rapd's `device.id` (src/rapd/config.ts); also the device certificate's CN. */
 /** Same rule as rapd's `ports[].name`. */
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const KINDS: readonly MessageKind[] = ['status', 'heartbeat', 'alarm', 'event'];
+const KINDS: readonly MessageKind[] = ['status', 'heartbeat', 'alarm', 'event', 'audit'];
 /** rapd's `uplink.batchMaxMessages` cannot go above this. */
 export const MAX_BATCH_MESSAGES = 10000;
 const MAX_IDENTITY_CHARS = 256;
@@ -86,6 +87,14 @@ function message(path: string, v: unknown): TelemetryMessage {
   }
   const body = v['body'];
   if (!isObject(body)) fail(`${path}.body`, 'expected a JSON object');
+  if (kind === 'audit') {
+    // The record is checked whole here; its place in the chain is the audit store's business.
+    try {
+      parseAuditRecord(body);
+    } catch (e) {
+      fail(`${path}.body`, `expected an audit record (${e instanceof Error ? e.message : String(e)})`);
+    }
+  }
   onlyKnown(path, v, ['id', 'kind', 'port', 'instrument', 'receivedAt', 'instrumentTime', 'body']);
   // UUIDs compare case-insensitively; store one spelling so de-duplication holds.
   return { id: id.toLowerCase(), kind: kind as MessageKind, port, instrument, receivedAt, instrumentTime: it, body };

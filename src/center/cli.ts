@@ -12,10 +12,17 @@ import { PORT_NAME, PORT_NAME_DOC } from '../protocol/telemetry.ts';
 import { openCenterDb, type DeviceRow, type StoredMessage } from './db.ts';
 import { checkDeviceId, pkiInit, pkiIssueDevice, pkiIssueServer, pkiPaths, type Issued } from './pki.ts';
 import { startCenter } from './server.ts';
+import { callAdmin, parseAdminRequest, startAdmin } from './admin.ts';
+import { generateCommandKey, loadCommandKey } from './commands.ts';
+import type { AuditRecord } from '../protocol/audit.ts';
 
-export const USAGE = `usage: rap-center serve --db PATH --listen HOST:PORT --pki DIR
+export const USAGE = `usage: rap-center serve --db PATH --listen HOST:PORT --pki DIR [--command-key FILE] [--admin SOCKET]
        rap-center devices --db PATH [--json]
        rap-center messages --db PATH --device ID [--port NAME] [--tail N] [--json]
+       rap-center audit --db PATH --device ID [--verify] [--json]
+       rap-center commands --db PATH --device ID [--tail N] [--json]
+       rap-center command --admin SOCKET --device ID --type TYPE [--args JSON] [--ttl-ms N] [--timeout-ms N]
+       rap-center command-key generate --dir DIR --id ID
        rap-center pki init --dir DIR
        rap-center pki issue-server --dir DIR --name DNSNAME [--ip IP]...
        rap-center pki issue-device --dir DIR ID
@@ -26,6 +33,13 @@ commands:
                 server.key, ca.pem); prints "listening on HOST:PORT" when ready
   devices       one line per box: last seen, messages, alarms, instruments
   messages      the newest messages of one box (default --tail 20), oldest first
+  audit         one box's audit records as received; --verify checks its chain
+                (gaps, broken links, edited records, forks); exit 1 if broken
+  commands      commands sent to one box and their results, newest first
+  command       sign and send one command through a running serve's --admin
+                socket and print the box's result (exit 1 unless status ok)
+  command-key generate   Ed25519 command signing key DIR/ID.key (0600) and
+                DIR/ID.pub (the entry for the boxes' commands.keys)
   pki init      create the CA (P-256, 10 years) in DIR
   pki issue-server   server certificate (CN and SAN DNSNAME, plus --ip SANs)
   pki issue-device   client certificate CN=ID -> DIR/devices/ID.pem, ID.key`;
@@ -127,15 +141,29 @@ function readPki(dir: string, log: Logger): { key: Buffer; cert: Buffer; ca: Buf
 }
 
 async function serve(args: string[], io: Io, deps: CliDeps): Promise<number> {
-  const { values } = parse(args, { db: { type: 'string' }, listen: { type: 'string' }, pki: { type: 'string' } });
+  const { values } = parse(args, {
+    db: { type: 'string' },
+    listen: { type: 'string' },
+    pki: { type: 'string' },
+    'command-key': { type: 'string' },
+    admin: { type: 'string' },
+  });
   const dbPath = required(values, 'db');
   const { host, port } = parseListen(required(values, 'listen'));
   const dir = required(values, 'pki');
   const log = deps.log ?? createLogger();
-  const center = await startCenter({ dbPath, host, port, ...readPki(dir, log), log });
+  const keyFile = values['command-key'] as string | undefined;
+  const commandKey = keyFile === undefined ? null : loadCommandKey(keyFile, log);
+  const center = await startCenter({ dbPath, host, port, ...readPki(dir, log), log, commandKey });
+  const adminPath = values['admin'] as string | undefined;
+  const admin = adminPath === undefined ? null : await startAdmin(adminPath, center.commands, log).catch(async (e: unknown) => {
+    await center.close();
+    throw e;
+  });
   io.out(`listening on ${hostPort(host, center.port)}\n`);
   const signal = await (deps.stopSignal ?? (() => new Promise<string>(() => {})))();
   log.info('rap-center stopping', { signal });
+  await admin?.close();
   await center.close();
   log.info('rap-center stopped');
   return 0;
@@ -170,9 +198,7 @@ function messages(args: string[], io: Io): number {
   }
   const port = values['port'] as string | undefined;
   if (port !== undefined && !PORT_NAME.test(port)) throw new Usage(`--port '${port}': expected ${PORT_NAME_DOC}`);
-  const tailArg = values['tail'] as string | undefined;
-  const tail = tailArg === undefined ? DEFAULT_TAIL : Number(tailArg);
-  if (!/^\d+$/.test(tailArg ?? '1') || tail < 1 || tail > MAX_TAIL) throw new Usage(`--tail '${tailArg}': expected an integer from 1 to ${MAX_TAIL}`);
+  const tail = tailArg(values['tail'] as string | undefined);
   const db = openCenterDb(dbPath, { create: false });
   try {
     const list = db.messages({ device, port, tail });
@@ -181,6 +207,127 @@ function messages(args: string[], io: Io): number {
   } finally {
     db.close();
   }
+}
+
+function deviceArg(values: Record<string, unknown>): string {
+  const device = required(values, 'device');
+  try {
+    checkDeviceId(device);
+  } catch (e) {
+    throw new Usage(`--device: ${errorMessage(e)}`);
+  }
+  return device;
+}
+
+function audit(args: string[], io: Io): number {
+  const { values } = parse(args, { db: { type: 'string' }, device: { type: 'string' }, verify: { type: 'boolean' }, json: { type: 'boolean' } });
+  const dbPath = required(values, 'db');
+  const device = deviceArg(values);
+  const db = openCenterDb(dbPath, { create: false });
+  try {
+    if (values['verify']) {
+      const r = db.auditVerify(device);
+      if (values['json']) io.out(`${JSON.stringify(r, null, 2)}\n`);
+      else {
+        io.out(`${device}: ${r.records} audit record(s), head ${r.head ? `${r.head.seq} ${r.head.hash}` : 'none'}\n`);
+        io.out(r.ok ? 'chain ok\n' : `CHAIN BROKEN:\n${r.problems.map((p) => `  ${p}`).join('\n')}\n`);
+      }
+      return r.ok ? 0 : 1;
+    }
+    const records = db.auditRecords(device, 0, MAX_TAIL);
+    io.out(values['json'] ? `${JSON.stringify(records, null, 2)}\n` : formatAudit(records));
+    return 0;
+  } finally {
+    db.close();
+  }
+}
+
+function commands(args: string[], io: Io): number {
+  const { values } = parse(args, { db: { type: 'string' }, device: { type: 'string' }, tail: { type: 'string' }, json: { type: 'boolean' } });
+  const dbPath = required(values, 'db');
+  const device = deviceArg(values);
+  const tail = tailArg(values['tail'] as string | undefined);
+  const db = openCenterDb(dbPath, { create: false });
+  try {
+    const list = db.commands(device, tail);
+    io.out(
+      values['json']
+        ? `${JSON.stringify(list, null, 2)}\n`
+        : list.length === 0
+          ? 'no commands\n'
+          : table(
+              ['SENT', 'ID', 'TYPE', 'KEY', 'STATUS', 'RESULT'],
+              list.map((c) => [c.sentAt, c.id, c.type ?? '-', c.keyId ?? '-', c.status ?? 'waiting', c.errorCode ? `${c.errorCode}: ${c.error}` : JSON.stringify(c.result)]),
+            ),
+    );
+    return 0;
+  } finally {
+    db.close();
+  }
+}
+
+async function command(args: string[], io: Io): Promise<number> {
+  const { values } = parse(args, {
+    admin: { type: 'string' },
+    device: { type: 'string' },
+    type: { type: 'string' },
+    args: { type: 'string' },
+    'ttl-ms': { type: 'string' },
+    'timeout-ms': { type: 'string' },
+  });
+  const socket = required(values, 'admin');
+  const num = (name: string): number | undefined => {
+    const v = values[name] as string | undefined;
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v)) throw new Usage(`--${name} '${v}': expected a number of milliseconds`);
+    return Number(v);
+  };
+  let argsValue: unknown = {};
+  if (values['args'] !== undefined) {
+    try {
+      argsValue = JSON.parse(values['args'] as string);
+    } catch (e) {
+      throw new Usage(`--args: not valid JSON (${errorMessage(e)})`);
+    }
+  }
+  let req;
+  try {
+    req = parseAdminRequest(JSON.stringify({ device: deviceArg(values), type: required(values, 'type'), args: argsValue, ttlMs: num('ttl-ms'), timeoutMs: num('timeout-ms') }));
+  } catch (e) {
+    if (e instanceof Usage) throw e;
+    throw new Usage(errorMessage(e));
+  }
+  const result = await callAdmin(socket, req);
+  io.out(`${JSON.stringify(result, null, 2)}\n`);
+  return result.status === 'ok' ? 0 : 1;
+}
+
+function commandKey(args: string[], io: Io): number {
+  const [sub, ...rest] = args;
+  if (sub !== 'generate') throw new Usage(sub === undefined ? 'command-key needs a subcommand (generate)' : `unknown command-key subcommand '${sub}'`);
+  const { values } = parse(rest, { dir: { type: 'string' }, id: { type: 'string' } });
+  const dir = required(values, 'dir');
+  const k = generateCommandKey(dir, required(values, 'id'));
+  io.out(`command key ${required(values, 'id')}
+  secret key  ${k.keyFile} (0600; for serve --command-key)
+  public key  ${k.pubFile}
+  for the boxes' config, commands.keys: ${readFileSync(k.pubFile, 'utf8').trim()}
+`);
+  return 0;
+}
+
+function formatAudit(records: AuditRecord[]): string {
+  if (records.length === 0) return 'no audit records\n';
+  return table(
+    ['SEQ', 'TIME', 'ACTOR', 'ACTION', 'INSTRUMENT', 'OUTCOME', 'DETAILS'],
+    records.map((r) => [String(r.seq), r.time, r.actor, r.action, r.instrument ?? '-', r.outcome, JSON.stringify(r.details)]),
+  );
+}
+
+function tailArg(arg: string | undefined): number {
+  const tail = arg === undefined ? DEFAULT_TAIL : Number(arg);
+  if (!/^\d+$/.test(arg ?? '1') || tail < 1 || tail > MAX_TAIL) throw new Usage(`--tail '${arg}': expected an integer from 1 to ${MAX_TAIL}`);
+  return tail;
 }
 
 async function pki(args: string[], io: Io, deps: CliDeps): Promise<number> {
@@ -228,6 +375,14 @@ export async function centerMain(args: string[], io: Io, deps: CliDeps = { run }
         return messages(rest, io);
       case 'pki':
         return await pki(rest, io, deps);
+      case 'audit':
+        return audit(rest, io);
+      case 'commands':
+        return commands(rest, io);
+      case 'command':
+        return await command(rest, io);
+      case 'command-key':
+        return commandKey(rest, io);
       case undefined:
         throw new Usage('no command given');
       default:

@@ -10,9 +10,12 @@
 import { existsSync } from 'node:fs';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { RapError, errorMessage } from '../lib/errors.ts';
+import { checkLink, parseAuditRecord, type AuditRecord } from '../protocol/audit.ts';
+import type { ResultFrame } from '../protocol/commands.ts';
 import type { InstrumentIdentity, MessageKind, TelemetryAck, TelemetryBatch, TelemetryMessage } from '../protocol/telemetry.ts';
 
-const SCHEMA_VERSION = 1;
+// 2: audit chains and commands (tables added with IF NOT EXISTS, so a version 1 file is upgraded in place).
+const SCHEMA_VERSION = 2;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS devices (
@@ -62,7 +65,69 @@ CREATE TABLE IF NOT EXISTS instruments (
   last_alarm_ms  INTEGER,
   PRIMARY KEY (device, port)
 ) STRICT;
+
+-- Each box's audit chain, one row per record, keyed by the box's seq (a
+-- record re-sent after a restart is the same row). A record arriving for a
+-- seq already held with another hash is a fork: kept in audit_conflicts.
+CREATE TABLE IF NOT EXISTS audit (
+  device    TEXT NOT NULL,
+  seq       INTEGER NOT NULL,
+  hash      TEXT NOT NULL,
+  prev_hash TEXT NOT NULL,
+  time      TEXT NOT NULL,       -- box clock
+  action    TEXT NOT NULL,
+  record    TEXT NOT NULL,       -- the record as the box sent it (JSON)
+  stored_at TEXT NOT NULL,       -- center clock
+  PRIMARY KEY (device, seq)
+) STRICT;
+CREATE TABLE IF NOT EXISTS audit_conflicts (
+  device    TEXT NOT NULL,
+  seq       INTEGER NOT NULL,
+  hash      TEXT NOT NULL,
+  record    TEXT NOT NULL,
+  stored_at TEXT NOT NULL,
+  PRIMARY KEY (device, seq, hash)
+) STRICT;
+
+-- Commands sent to boxes and the results they answered.
+CREATE TABLE IF NOT EXISTS commands (
+  device       TEXT NOT NULL,
+  id           TEXT NOT NULL,
+  type         TEXT,
+  key_id       TEXT,
+  command      TEXT NOT NULL,      -- JSON as sent
+  sent_at      TEXT NOT NULL,
+  status       TEXT,               -- ok | error | rejected; NULL while waiting
+  result       TEXT,               -- JSON
+  error_code   TEXT,
+  error        TEXT,
+  completed_at TEXT,
+  PRIMARY KEY (device, id)
+) STRICT;
 `;
+
+/** A box's audit chain as the center holds it. */
+export interface AuditChainReport {
+  device: string;
+  records: number;
+  head: { seq: number; hash: string } | null;
+  /** Gaps, broken links, edited records and forks, in seq order (at most 100). */
+  problems: string[];
+  ok: boolean;
+}
+
+export interface CommandRow {
+  device: string;
+  id: string;
+  type: string | null;
+  keyId: string | null;
+  sentAt: string;
+  status: string | null;
+  result: unknown;
+  errorCode: string | null;
+  error: string | null;
+  completedAt: string | null;
+}
 
 export interface InstrumentRow {
   port: string;
@@ -104,8 +169,21 @@ export interface MessageQuery {
 
 export interface CenterDb {
   /** Store a validated batch in one transaction; counts what was new. */
-  storeBatch(batch: TelemetryBatch, meta: { remoteAddress: string; now?: Date }): TelemetryAck;
+  /**
+   * Store a validated batch in one transaction; counts what was new.
+   * `onAuditProblem` hears of an audit record that does not link to the one
+   * before it or forks the chain, as it arrives (a gap is only known later:
+   * the missing record may still come; auditVerify reports it).
+   */
+  storeBatch(batch: TelemetryBatch, meta: { remoteAddress: string; now?: Date; onAuditProblem?: (problem: string) => void }): TelemetryAck;
   devices(): DeviceRow[];
+  /** Audit records of one device with seq > after, oldest first. */
+  auditRecords(device: string, after: number, limit: number): AuditRecord[];
+  /** Walk one device's chain: every link, every gap, every fork. */
+  auditVerify(device: string): AuditChainReport;
+  recordCommand(device: string, command: unknown, now: Date): void;
+  recordResult(device: string, result: ResultFrame, now: Date): void;
+  commands(device: string, tail: number): CommandRow[];
   messages(q: MessageQuery): StoredMessage[];
   close(): void;
 }
@@ -191,6 +269,26 @@ export function openCenterDb(path: string, opts: OpenOptions): CenterDb {
     instrumentsOf: db.prepare('SELECT * FROM instruments WHERE device = ? ORDER BY port'),
     tailDevice: db.prepare('SELECT * FROM messages WHERE device = ? ORDER BY received_ms DESC, seq DESC LIMIT ?'),
     tailPort: db.prepare('SELECT * FROM messages WHERE device = ? AND port = ? ORDER BY received_ms DESC, seq DESC LIMIT ?'),
+    insertAudit: db.prepare(
+      `INSERT INTO audit (device, seq, hash, prev_hash, time, action, record, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (device, seq) DO NOTHING`,
+    ),
+    auditHashAt: db.prepare('SELECT hash FROM audit WHERE device = ? AND seq = ?'),
+    insertConflict: db.prepare('INSERT OR IGNORE INTO audit_conflicts (device, seq, hash, record, stored_at) VALUES (?, ?, ?, ?, ?)'),
+    auditAfter: db.prepare('SELECT record FROM audit WHERE device = ? AND seq > ? ORDER BY seq LIMIT ?'),
+    auditAll: db.prepare('SELECT record FROM audit WHERE device = ? ORDER BY seq'),
+    conflictsOf: db.prepare('SELECT seq, hash FROM audit_conflicts WHERE device = ? ORDER BY seq'),
+    insertCommand: db.prepare(
+      `INSERT INTO commands (device, id, type, key_id, command, sent_at) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (device, id) DO UPDATE SET command = excluded.command, sent_at = excluded.sent_at,
+         status = NULL, result = NULL, error_code = NULL, error = NULL, completed_at = NULL`,
+    ),
+    resultCommand: db.prepare(
+      `INSERT INTO commands (device, id, command, sent_at, status, result, error_code, error, completed_at) VALUES (?, ?, 'null', ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (device, id) DO UPDATE SET status = excluded.status, result = excluded.result,
+         error_code = excluded.error_code, error = excluded.error, completed_at = excluded.completed_at`,
+    ),
+    commandsOf: db.prepare('SELECT * FROM commands WHERE device = ? ORDER BY sent_at DESC, rowid DESC LIMIT ?'),
   } satisfies Record<string, StatementSync>;
 
   /** Fold one newly stored message into its instrument's row (messages may arrive out of order). */
@@ -227,14 +325,93 @@ export function openCenterDb(path: string, opts: OpenOptions): CenterDb {
     );
   };
 
+  /** One audit record into the device's chain; false when it was there already. */
+  const storeAudit = (device: string, body: unknown, now: string, problem: (p: string) => void): boolean => {
+    const r = parseAuditRecord(body);
+    const json = JSON.stringify(r);
+    const res = q.insertAudit.run(device, r.seq, r.hash, r.prevHash, r.time, r.action, json, now);
+    if (Number(res.changes) > 0) {
+      const prev = r.seq === 1 ? null : (q.auditHashAt.get(device, r.seq - 1) as Row | undefined)?.['hash'];
+      const link = prev === undefined ? null : checkLink(prev === null ? null : { seq: r.seq - 1, hash: str(prev) }, r);
+      if (link) problem(link.message);
+      return true;
+    }
+    const held = (q.auditHashAt.get(device, r.seq) as Row | undefined)?.['hash'];
+    if (held !== r.hash) {
+      q.insertConflict.run(device, r.seq, r.hash, json, now);
+      problem(`fork: record ${r.seq} received again with another hash`);
+    }
+    return false;
+  };
+
   return {
+    auditRecords(device, after, limit) {
+      return (q.auditAfter.all(device, after, limit) as Row[]).map((r) => JSON.parse(str(r['record'])) as AuditRecord);
+    },
+
+    auditVerify(device) {
+      const problems: string[] = [];
+      let head: { seq: number; hash: string } | null = null;
+      let records = 0;
+      for (const row of q.auditAll.iterate(device) as Iterable<Row>) {
+        const r = JSON.parse(str(row['record'])) as AuditRecord;
+        records++;
+        const expected = (head?.seq ?? 0) + 1;
+        if (r.seq > expected) {
+          problems.push(`gap: record${r.seq - expected > 1 ? `s ${expected}-${r.seq - 1}` : ` ${expected}`} not received`);
+          // Past a gap the link cannot be checked; the record itself still can.
+          const p = checkLink({ seq: r.seq - 1, hash: r.prevHash }, r);
+          if (p) problems.push(p.message);
+        } else {
+          const p = checkLink(head, r);
+          if (p) problems.push(p.message);
+        }
+        head = { seq: r.seq, hash: r.hash };
+      }
+      for (const c of q.conflictsOf.all(device) as Row[]) {
+        problems.push(`fork: record ${num(c['seq'])} was received again with another hash (${str(c['hash']).slice(0, 12)}...): the box's log was rewritten or truncated`);
+      }
+      return { device, records, head, problems: problems.slice(0, 100), ok: problems.length === 0 };
+    },
+
+    recordCommand(device, command, now) {
+      const c = (command ?? {}) as Record<string, unknown>;
+      const s = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+      q.insertCommand.run(device, String(c['id'] ?? ''), s(c['type']), s(c['keyId']), JSON.stringify(command), now.toISOString());
+    },
+
+    recordResult(device, r, now) {
+      const at = now.toISOString();
+      q.resultCommand.run(device, r.id, at, r.status, r.result === undefined ? null : JSON.stringify(r.result), r.error?.code ?? null, r.error?.message ?? null, at);
+    },
+
+    commands(device, tail) {
+      return (q.commandsOf.all(device, tail) as Row[]).map((r) => ({
+        device: str(r['device']),
+        id: str(r['id']),
+        type: strOrNull(r['type']),
+        keyId: strOrNull(r['key_id']),
+        sentAt: str(r['sent_at']),
+        status: strOrNull(r['status']),
+        result: r['result'] === null ? null : (JSON.parse(str(r['result'])) as unknown),
+        errorCode: strOrNull(r['error_code']),
+        error: strOrNull(r['error']),
+        completedAt: strOrNull(r['completed_at']),
+      }));
+    },
+
     storeBatch(batch, meta) {
       const now = (meta.now ?? new Date()).toISOString();
       let stored = 0;
       let alarms = 0;
+      let audits = 0;
       db.exec('BEGIN IMMEDIATE');
       try {
         for (const m of batch.messages) {
+          if (m.kind === 'audit') {
+            if (storeAudit(batch.device, m.body, now, meta.onAuditProblem ?? (() => {}))) audits++;
+            continue;
+          }
           const ms = Date.parse(m.receivedAt);
           const r = q.insertMessage.run(
             batch.device,
@@ -253,10 +430,11 @@ export function openCenterDb(path: string, opts: OpenOptions): CenterDb {
           if (m.kind === 'alarm') alarms++;
           touchInstrument(batch.device, m, ms);
         }
-        const duplicates = batch.messages.length - stored;
+        const duplicates = batch.messages.length - stored - audits;
+        // The device's message count is instrument traffic; audit records are counted by their chain.
         q.upsertDevice.run(batch.device, now, now, batch.sentAt, meta.remoteAddress, stored, alarms, duplicates);
         db.exec('COMMIT');
-        return { stored, duplicates };
+        return { stored: stored + audits, duplicates };
       } catch (e) {
         db.exec('ROLLBACK');
         throw new RapError('RAP_CENTER', `storing a batch from ${batch.device} failed: ${errorMessage(e)}`, { device: batch.device }, { cause: e });

@@ -16,6 +16,9 @@ import type { Logger } from '../lib/log.ts';
 import { TELEMETRY_PATH, type TelemetryAck } from '../protocol/telemetry.ts';
 import { validateBatch } from './batch.ts';
 import { openCenterDb, type CenterDb } from './db.ts';
+import { WebSocketServer } from 'ws';
+import { COMMANDS_PATH, MAX_FRAME_BYTES } from '../protocol/commands.ts';
+import { CommandHub, type SigningKey } from './commands.ts';
 
 export const HEALTH_PATH = '/v1/health';
 
@@ -49,10 +52,16 @@ export interface CenterOptions {
   /** Not reachable over the wire: only the process that started the server can set it. */
   faults?: Fault;
   now?: () => Date;
+  /** The key commands are signed with (null/absent: the channel accepts boxes but cannot send). */
+  commandKey?: SigningKey | null;
 }
 
 export interface Center {
   port: number;
+  /** The command channel: connected boxes, sign-and-send, results. */
+  commands: CommandHub;
+  /** Read access to the center's database (audit chains, commands) for the CLI and tests. */
+  db: CenterDb;
   /** Replace the fault switch (null: off). */
   setFault(fault: Fault | null): void;
   close(): Promise<void>;
@@ -124,6 +133,9 @@ export async function startCenter(opts: CenterOptions): Promise<Center> {
   const now = opts.now ?? (() => new Date());
   let fault: Fault | null = opts.faults ? { ...opts.faults } : null;
   const db: CenterDb = openCenterDb(opts.dbPath, { create: true });
+  const hub = new CommandHub({ db, log, key: opts.commandKey ?? null, now });
+  // The command channel: WebSocket upgrades on one path, for verified device certificates only.
+  const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false });
 
   const telemetry = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const sock = req.socket as TLSSocket;
@@ -158,7 +170,11 @@ export async function startCenter(opts: CenterOptions): Promise<Center> {
     if (batch.device !== cn) {
       throw new HttpFail(403, `device: '${batch.device}' does not match the client certificate (CN '${cn}')`);
     }
-    const ack: TelemetryAck = db.storeBatch(batch, { remoteAddress: remote, now: now() });
+    const ack: TelemetryAck = db.storeBatch(batch, {
+      remoteAddress: remote,
+      now: now(),
+      onAuditProblem: (problem) => log.error('audit chain of a device is broken', { device: cn, problem }),
+    });
     log.info('telemetry stored', { device: cn, remote, messages: batch.messages.length, ...ack });
     reply(res, 200, ack);
   };
@@ -215,6 +231,19 @@ export async function startCenter(opts: CenterOptions): Promise<Center> {
     throw new RapError('RAP_PKI', `TLS setup failed: ${errorMessage(e)}`, {}, { cause: e });
   }
 
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const tls = req.socket as TLSSocket;
+    const path = (req.url ?? '').split('?')[0];
+    const cn = tls.authorized ? tls.getPeerCertificate().subject?.CN : undefined;
+    const refuse = (status: string, why: string): void => {
+      log.warn('command channel upgrade refused', { remote: tls.remoteAddress, path, why });
+      socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
+    };
+    if (path !== COMMANDS_PATH) return refuse('404 Not Found', 'unknown path');
+    if (typeof cn !== 'string') return refuse('403 Forbidden', 'no verified device certificate');
+    wss.handleUpgrade(req, socket, head, (ws) => hub.attach(ws, cn, tls.remoteAddress ?? ''));
+  });
+
   const sockets = new Set<Socket>();
   server.on('connection', (s: Socket) => {
     sockets.add(s);
@@ -244,11 +273,16 @@ export async function startCenter(opts: CenterOptions): Promise<Center> {
   let closing: Promise<void> | null = null;
   return {
     port,
+    commands: hub,
+    db,
     setFault(f) {
       fault = f ? { ...f } : null;
     },
     close() {
       closing ??= new Promise<void>((resolve) => {
+        // Upgraded sockets are no longer the HTTP server's: close them first.
+        hub.close();
+        wss.close();
         server.close(() => {
           clearTimeout(bound);
           db.close();

@@ -20,7 +20,12 @@ export type RapErrorCode =
   | 'RAP_PROTOCOL'
   | 'RAP_CENTER' | 'RAP_PKI'
   | 'RAP_IMAGE'
-  | 'RAP_HARDENING';
+  | 'RAP_HARDENING'
+  | 'RAP_AUDIT'
+  // Command channel and verification (docs/commands.md lists when each is used).
+  | 'RAP_CHANNEL'
+  | 'RAP_CMD_MALFORMED' | 'RAP_CMD_UNSIGNED' | 'RAP_CMD_UNKNOWN_KEY' | 'RAP_CMD_BAD_SIGNATURE' | 'RAP_CMD_WRONG_DEVICE'
+  | 'RAP_CMD_NOT_YET_VALID' | 'RAP_CMD_EXPIRED' | 'RAP_CMD_LIFETIME' | 'RAP_CMD_REPLAYED' | 'RAP_CMD_UNKNOWN_TYPE' | 'RAP_CMD_FAILED';
 
 export class RapError extends Error {
   readonly code: RapErrorCode;

@@ -2,13 +2,26 @@
 // socket: one JSON request per line, one JSON response per line. Shared by
 // both ends so they cannot drift apart.
 
+import type { AuditRecord, ChainHead, VerifyReport } from './audit.ts';
 import type { InstrumentIdentity } from './telemetry.ts';
 
-export const CONTROL_METHODS = ['status'] as const;
+export const CONTROL_METHODS = ['status', 'audit.read', 'audit.verify'] as const;
 export type ControlMethod = (typeof CONTROL_METHODS)[number];
 
-export interface ControlRequest {
-  method: ControlMethod;
+/** Most audit records in one `audit.read` answer. */
+export const AUDIT_READ_MAX = 1000;
+
+export type ControlRequest =
+  | { method: 'status' }
+  /** Records with seq > after, oldest first, at most limit. */
+  | { method: 'audit.read'; after: number; limit: number }
+  | { method: 'audit.verify' };
+
+/** What each method answers. */
+export interface ControlResults {
+  status: StatusReport;
+  'audit.read': AuditRecord[];
+  'audit.verify': VerifyReport;
 }
 
 /** Per-port agent state. */
@@ -63,6 +76,39 @@ export interface UplinkReport {
   wireBytes: number;
 }
 
+export interface ChannelReport {
+  url: string;
+  proxy: string;
+  state: 'idle' | 'connecting' | 'connected' | 'backoff' | 'stopped';
+  connectedSince: string | null;
+  lastError: string | null;
+  consecutiveFailures: number;
+  nextAttemptAt: string | null;
+  commandsReceived: number;
+  resultsSent: number;
+}
+
+export interface CommandsReport {
+  /** Command types this box handles. */
+  types: string[];
+  /** Trusted center command key ids. */
+  keys: string[];
+  accepted: number;
+  rejected: number;
+  inFlight: number;
+  /** Accepted command ids remembered against replay (until their expiry). */
+  remembered: number;
+}
+
+export interface AuditReport {
+  path: string;
+  head: ChainHead | null;
+  /** The head that reached the store (forwarded to the center from there). */
+  anchor: ChainHead | null;
+  /** What the open found (torn tail cut, broken chain), or null. */
+  recovered: string | null;
+}
+
 /** The instrument ports' network and the firewall, as applied at start. */
 export interface NetworkReport {
   firewall: { table: string; appliedAt: string; chains: number; rules: number };
@@ -88,14 +134,24 @@ export interface StatusReport {
   uplink: UplinkReport | null;
   /** null when no port has an interface (loopback/dev ports only: nothing applied). */
   network: NetworkReport | null;
+  /** null when no center is configured. */
+  channel: ChannelReport | null;
+  commands: CommandsReport;
+  audit: AuditReport;
 }
 
-export type ControlResponse =
-  | { ok: true; result: StatusReport }
+export type ControlResponse<T = StatusReport> =
+  | { ok: true; result: T }
   | { ok: false; error: { code: string; message: string } };
 
 /** Largest request line accepted; a request is tiny, anything bigger is abuse. */
 export const MAX_REQUEST_BYTES = 4096;
+
+function intField(doc: Record<string, unknown>, name: string, min: number, max: number): number {
+  const v = doc[name];
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) throw new Error(`'${name}': expected an integer from ${min} to ${max}`);
+  return v;
+}
 
 /** Parse one request line; throws an Error whose message names what is wrong. */
 export function parseControlRequest(line: string): ControlRequest {
@@ -113,7 +169,12 @@ export function parseControlRequest(line: string): ControlRequest {
   if (!(CONTROL_METHODS as readonly string[]).includes(method)) {
     throw new Error(`unknown method ${JSON.stringify(method)} (known: ${CONTROL_METHODS.join(', ')})`);
   }
-  const extra = Object.keys(doc).filter((k) => k !== 'method');
+  const allowed = method === 'audit.read' ? ['method', 'after', 'limit'] : ['method'];
+  const extra = Object.keys(doc).filter((k) => !allowed.includes(k));
   if (extra.length > 0) throw new Error(`unknown request field(s): ${extra.join(', ')}`);
-  return { method: method as ControlMethod };
+  if (method === 'audit.read') {
+    const d = doc as Record<string, unknown>;
+    return { method, after: intField(d, 'after', 0, Number.MAX_SAFE_INTEGER), limit: intField(d, 'limit', 1, AUDIT_READ_MAX) };
+  }
+  return { method: method as 'status' | 'audit.verify' };
 }

@@ -24,14 +24,24 @@ export const DEVICE_ID_DOC = '1-64 letters, digits, ".", "_" or "-", starting wi
 export const PORT_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
 export const PORT_NAME_DOC = '1-32 of a-z, 0-9, "-"';
 
-/** What a message is. Priority follows from it (see priorityOf). */
-export type MessageKind = 'status' | 'heartbeat' | 'alarm' | 'event';
+/**
+ * What a message is. Priority follows from it (see priorityOf). `audit`
+ * carries one audit record (src/protocol/audit.ts) as its body, with port
+ * AUDIT_PORT; the center keeps those in its per-device audit chain.
+ */
+export type MessageKind = 'status' | 'heartbeat' | 'alarm' | 'event' | 'audit';
+
+/** The `port` of an audit message (it belongs to the box, not to an instrument port). */
+export const AUDIT_PORT = 'audit';
 
 /** Store and drop order: alarms are kept longest and sent first. */
 export type Priority = 'alarm' | 'routine';
 
+// Audit records ride with alarms: never dropped before routine status, and
+// sent at once. (Past the alarm quota they are dropped oldest first like
+// alarms; the center then reports the gap in that box's chain.)
 export function priorityOf(kind: MessageKind): Priority {
-  return kind === 'alarm' ? 'alarm' : 'routine';
+  return kind === 'alarm' || kind === 'audit' ? 'alarm' : 'routine';
 }
 
 export interface InstrumentIdentity {

@@ -2,9 +2,9 @@
 
 import { connect } from 'node:net';
 import { RapError } from '../lib/errors.ts';
-import type { ControlRequest, ControlResponse } from '../protocol/control.ts';
+import type { ControlRequest, ControlResponse, ControlResults } from '../protocol/control.ts';
 
-export function callControl(socketPath: string, req: ControlRequest, timeoutMs = 5000): Promise<ControlResponse> {
+export function callControl<R extends ControlRequest>(socketPath: string, req: R, timeoutMs = 5000): Promise<ControlResponse<ControlResults[R['method']]>> {
   return new Promise((resolve, reject) => {
     const sock = connect(socketPath);
     let buf = '';
@@ -30,7 +30,7 @@ export function callControl(socketPath: string, req: ControlRequest, timeoutMs =
       clearTimeout(timer);
       const line = buf.split('\n')[0] ?? '';
       try {
-        resolve(JSON.parse(line) as ControlResponse);
+        resolve(JSON.parse(line) as ControlResponse<ControlResults[R['method']]>);
       } catch {
         reject(new RapError('RAP_CONTROL', `rapd sent an unreadable answer: ${JSON.stringify(line.slice(0, 200))}`));
       }

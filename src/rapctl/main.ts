@@ -1,16 +1,24 @@
 // rapctl: the local operator CLI. Talks to rapd over the control socket.
 
 import { RapError, errorMessage } from '../lib/errors.ts';
-import type { StatusReport } from '../protocol/control.ts';
+import { AUDIT_READ_MAX, type StatusReport } from '../protocol/control.ts';
+import type { AuditRecord } from '../protocol/audit.ts';
 import { DEFAULT_CONTROL_SOCKET } from '../rapd/paths.ts';
 import { callControl } from './client.ts';
 import { simCliMain } from '../sim/cli.ts';
 
 const USAGE = `usage: rapctl [--socket PATH] status [--json]
+       rapctl [--socket PATH] audit [--follow] [--json]
+       rapctl [--socket PATH] audit verify [--json]
        rapctl instrument-sim --connect HOST:PORT [options]
 
 commands:
   status          show what rapd is doing (--json: machine-readable)
+  audit           the audit log, oldest first (--follow: then wait for new
+                  records; --json: one record per line as stored)
+  audit verify    check the whole hash chain and compare its head with the
+                  anchor kept in the store; exit 1 on any edit, insertion,
+                  removal or truncation
   instrument-sim  act as an instrument against a box (--help for its options)
 
 options:
@@ -44,6 +52,14 @@ function formatStatus(s: StatusReport): string {
   } else {
     lines.push('uplink:   none configured (store only)');
   }
+  if (s.channel) {
+    const c = s.channel;
+    lines.push(`commands: channel ${c.state} -> ${c.url} via ${c.proxy}; ${c.commandsReceived} received, ${c.resultsSent} results sent`);
+    if (c.lastError && c.consecutiveFailures > 0) lines.push(`          failing (${c.consecutiveFailures}x): ${c.lastError}; next try ${c.nextAttemptAt}`);
+  }
+  lines.push(`          ${s.commands.accepted} accepted, ${s.commands.rejected} rejected, ${s.commands.inFlight} running; trusted keys: ${s.commands.keys.join(', ') || 'none'}`);
+  lines.push(`audit:    ${s.audit.path}: head ${s.audit.head ? s.audit.head.seq : 'none'}, anchor ${s.audit.anchor ? s.audit.anchor.seq : 'none'}`);
+  if (s.audit.recovered) lines.push(`          recovered at start: ${s.audit.recovered}`);
   if (s.network) {
     const n = s.network;
     lines.push(`firewall: table ${n.firewall.table}, ${n.firewall.chains} chains, ${n.firewall.rules} rules (applied ${n.firewall.appliedAt})`);
@@ -67,6 +83,7 @@ export async function rapctlMain(args: string[], io: Io): Promise<number> {
   if (args[0] === 'instrument-sim') return simCliMain(args.slice(1), io);
   let socket = DEFAULT_CONTROL_SOCKET;
   let json = false;
+  let follow = false;
   const rest: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
@@ -75,6 +92,7 @@ export async function rapctlMain(args: string[], io: Io): Promise<number> {
       if (!v) return usage(io, '--socket needs a path');
       socket = v;
     } else if (a === '--json') json = true;
+    else if (a === '--follow' || a === '-f') follow = true;
     else if (a === '-h' || a === '--help') {
       io.out(`${USAGE}\n`);
       return 0;
@@ -82,6 +100,17 @@ export async function rapctlMain(args: string[], io: Io): Promise<number> {
   }
   const [cmd, ...extra] = rest;
   if (cmd === undefined) return usage(io, 'no command given');
+  if (cmd === 'audit') {
+    if (extra.length > 1 || (extra.length === 1 && extra[0] !== 'verify')) return usage(io, `unexpected argument '${extra[extra.length - 1]}'`);
+    if (extra[0] === 'verify' && follow) return usage(io, '--follow does not go with verify');
+    try {
+      return extra[0] === 'verify' ? await auditVerify(socket, json, io) : await auditList(socket, json, follow, io);
+    } catch (e) {
+      io.err(`rapctl: ${errorMessage(e)}\n`);
+      return 1;
+    }
+  }
+  if (follow) return usage(io, '--follow goes with audit only');
   if (cmd !== 'status') return usage(io, `unknown command '${cmd}'`);
   if (extra.length > 0) return usage(io, `unexpected argument '${extra[0]}'`);
   try {
@@ -93,6 +122,43 @@ export async function rapctlMain(args: string[], io: Io): Promise<number> {
     io.err(`rapctl: ${errorMessage(e)}\n`);
     return 1;
   }
+}
+
+/** Poll interval of `audit --follow`. */
+const FOLLOW_EVERY_MS = 500;
+
+function formatRecord(r: AuditRecord): string {
+  const details = Object.keys(r.details).length > 0 ? ` ${JSON.stringify(r.details)}` : '';
+  return `${r.seq} ${r.time} ${r.actor} ${r.action}${r.instrument ? ` [${r.instrument}]` : ''} -> ${r.outcome}${details}\n`;
+}
+
+async function auditList(socket: string, json: boolean, follow: boolean, io: Io): Promise<number> {
+  let after = 0;
+  for (;;) {
+    const res = await callControl(socket, { method: 'audit.read', after, limit: AUDIT_READ_MAX });
+    if (!res.ok) throw new RapError('RAP_CONTROL', `rapd refused: ${res.error.message}`);
+    for (const r of res.result) io.out(json ? `${JSON.stringify(r)}\n` : formatRecord(r));
+    if (res.result.length > 0) after = res.result[res.result.length - 1]!.seq;
+    if (res.result.length === AUDIT_READ_MAX) continue;
+    // Follow runs until rapctl is interrupted; rapd going away ends it with an error.
+    if (!follow) return 0;
+    await new Promise((r) => setTimeout(r, FOLLOW_EVERY_MS));
+  }
+}
+
+async function auditVerify(socket: string, json: boolean, io: Io): Promise<number> {
+  const res = await callControl(socket, { method: 'audit.verify' }, 60_000);
+  if (!res.ok) throw new RapError('RAP_CONTROL', `rapd refused: ${res.error.message}`);
+  const v = res.result;
+  if (json) io.out(`${JSON.stringify(v, null, 2)}\n`);
+  else {
+    io.out(`${v.path}: ${v.records} record(s), head ${v.head ? `${v.head.seq} ${v.head.hash}` : 'none'}\n`);
+    io.out(`anchor (store): ${v.anchor ? `${v.anchor.seq} ${v.anchor.hash}` : 'none yet'}\n`);
+    if (v.problem) io.out(`CHAIN BROKEN: ${v.problem.message}\n`);
+    if (v.anchorProblem) io.out(`ANCHOR MISMATCH: ${v.anchorProblem}\n`);
+    if (v.ok) io.out('audit chain ok\n');
+  }
+  return v.ok ? 0 : 1;
 }
 
 function usage(io: Io, problem: string): number {

@@ -11,6 +11,8 @@ import { readFileSync } from 'node:fs';
 import { RapError } from '../lib/errors.ts';
 import { RESERVED, broadcastOf, formatIPv4, formatSubnet, overlaps, parseCidr, parseIPv4, subnetOf, subnetSize, type Subnet } from '../lib/ipv4.ts';
 import { DEVICE_ID, DEVICE_ID_DOC, PORT_NAME, PORT_NAME_DOC } from '../protocol/telemetry.ts';
+import { KEY_ID } from '../protocol/commands.ts';
+import type { TrustedKey } from './commands.ts';
 
 type ScalarType =
   | { kind: 'string'; pattern?: RegExp; patternDoc?: string }
@@ -220,6 +222,41 @@ export const SETTINGS = [
     default: 67108864,
     doc: 'Below this much free space on the data partition, new routine messages are refused (alarms still accepted).',
   },
+  // --- command channel and signed commands (issue 5; docs/commands.md) ---
+  {
+    key: 'commands.keys',
+    type: {
+      kind: 'list',
+      itemName: 'center command key',
+      unique: 'id',
+      maxItems: 8,
+      fields: {
+        id: { type: { kind: 'string', pattern: KEY_ID, patternDoc: '1-64 letters, digits, ".", "_" or "-"' }, doc: 'key id, as the center puts it in `keyId` of each command it signs' },
+        publicKey: { type: { kind: 'string', pattern: /^[A-Za-z0-9+/]{43}=$/, patternDoc: 'an Ed25519 public key, base64 (32 bytes)' }, doc: 'the public half of the center command key' },
+      },
+    },
+    default: [] as TrustedKey[],
+    doc: 'Center command keys trusted to sign commands for this box (more than one while a key is rotated; docs/commands.md). Empty: every command is rejected.',
+  },
+  {
+    key: 'commands.maxLifetimeSec',
+    type: { kind: 'integer', min: 10, max: 86400 },
+    default: 900,
+    doc: 'Longest validity (expiresAt - issuedAt) of a command accepted; longer ones are rejected.',
+  },
+  {
+    key: 'commands.clockSkewSec',
+    type: { kind: 'integer', min: 0, max: 3600 },
+    default: 60,
+    doc: "Allowance for the box's and the center's clocks disagreeing, when checking issued-at and expiry.",
+  },
+  {
+    key: 'commands.reconnectMaxMs',
+    type: { kind: 'integer', min: 1000, max: 3600000 },
+    default: 60000,
+    doc: 'Longest wait between attempts to reopen the command channel (exponential with jitter from 1 s).',
+  },
+  // --- end command channel ---
   {
     key: 'shutdown.timeoutMs',
     type: { kind: 'integer', min: 100, max: 60000 },
@@ -243,7 +280,7 @@ export interface PortConfig {
 }
 
 type SettingsList = typeof SETTINGS;
-type ValueOf<S> = S extends { default: infer D } ? (D extends string ? string : D extends number ? number : D extends boolean ? boolean : D extends readonly unknown[] ? PortConfig[] : D) : never;
+type ValueOf<S> = S extends { default: infer D } ? (D extends string ? string : D extends number ? number : D extends boolean ? boolean : D extends readonly (infer E)[] ? E[] : D) : never;
 /** The validated configuration, keyed by the dotted setting keys. */
 export type Config = { [S in SettingsList[number] as S['key']]: S['key'] extends 'log.level' ? LogLevel : ValueOf<S> };
 

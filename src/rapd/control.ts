@@ -5,12 +5,15 @@
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
-import { RapError, errorMessage } from '../lib/errors.ts';
+import { RapError, errorMessage, isRapError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
+import type { AuditRecord, VerifyReport } from '../protocol/audit.ts';
 import { MAX_REQUEST_BYTES, parseControlRequest, type ControlResponse, type StatusReport } from '../protocol/control.ts';
 
 export interface ControlHandlers {
   status(): StatusReport;
+  auditRead(after: number, limit: number): AuditRecord[];
+  auditVerify(): VerifyReport;
 }
 
 export interface ControlServer {
@@ -58,20 +61,30 @@ export async function startControlServer(path: string, handlers: ControlHandlers
     });
   });
 
-  const fail = (message: string): ControlResponse => ({ ok: false, error: { code: 'RAP_CONTROL', message } });
-  const handle = (line: string): ControlResponse => {
+  const fail = (message: string, code = 'RAP_CONTROL'): ControlResponse<unknown> => ({ ok: false, error: { code, message } });
+  const handle = (line: string): ControlResponse<unknown> => {
+    let req;
     try {
-      const req = parseControlRequest(line);
-      switch (req.method) {
-        case 'status':
-          return { ok: true, result: handlers.status() };
-      }
+      req = parseControlRequest(line);
     } catch (e) {
       log.warn('control request rejected', { error: errorMessage(e) });
       return fail(errorMessage(e));
     }
+    try {
+      switch (req.method) {
+        case 'status':
+          return { ok: true, result: handlers.status() };
+        case 'audit.read':
+          return { ok: true, result: handlers.auditRead(req.after, req.limit) };
+        case 'audit.verify':
+          return { ok: true, result: handlers.auditVerify() };
+      }
+    } catch (e) {
+      log.warn('control request failed', { method: req.method, error: errorMessage(e) });
+      return fail(errorMessage(e), isRapError(e) ? e.code : 'RAP_CONTROL');
+    }
   };
-  const reply = (sock: Socket, res: ControlResponse): void => {
+  const reply = (sock: Socket, res: ControlResponse<unknown>): void => {
     sock.end(`${JSON.stringify(res)}\n`);
   };
 

@@ -2,14 +2,20 @@
 // the watchdog fed, and stop cleanly. Everything host-facing is passed in, so
 // tests run the whole daemon against a temporary tree.
 
+import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileDurable } from '../lib/durable.ts';
 import { RapError, errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { run as realRun, type Runner } from '../lib/run.ts';
+import { canonicalJson } from '../protocol/canonical.ts';
 import type { NetworkReport, StatusReport } from '../protocol/control.ts';
 import { redactConfig, type Config } from './config.ts';
+import { AuditLog, forwardAudit, readAnchor } from './audit.ts';
+import { CommandChannel } from './channel.ts';
+import { CommandRouter, registerBuiltins, trustedKeys } from './commands.ts';
+import type { AuditEvent, AuditRecord } from '../protocol/audit.ts';
 import { startControlServer, type ControlServer } from './control.ts';
 import { PortAgent } from './agent.ts';
 import { FIREWALL_TABLE, applyFirewall, firewallPolicy, nftAdaptor, renderFirewall, type FirewallAdaptor } from './firewall.ts';
@@ -70,14 +76,23 @@ function checkStateDir(dir: string, record: string): void {
  * stay in place when rapd stops: stopping never opens the box. Nothing is
  * touched when all ports are loopback/dev ports.
  */
-async function applyNetwork(deps: DaemonDeps, now: () => Date): Promise<NetworkReport | null> {
+async function applyNetwork(deps: DaemonDeps, now: () => Date, audit: AuditLog): Promise<NetworkReport | null> {
   const { config, paths, log } = deps;
   if (netPorts(config).length === 0) return null;
   const door = deps.run ?? realRun;
   // nft and networkctl alike: the command line in the debug log.
   const run: Runner = (argv, opts) => door(argv, { ...opts, onStart: (cmd) => log.debug('run', { cmd }) });
   const fw = deps.firewall ?? nftAdaptor(run);
-  const state = await applyFirewall(fw, renderFirewall(firewallPolicy(config)));
+  const ruleset = renderFirewall(firewallPolicy(config));
+  const sha256 = createHash('sha256').update(ruleset).digest('hex');
+  let state;
+  try {
+    state = await applyFirewall(fw, ruleset);
+  } catch (e) {
+    await auditOrLog(audit, log, { actor: 'rapd', action: 'firewall.applied', outcome: 'error', details: { table: FIREWALL_TABLE, sha256, error: errorMessage(e) } });
+    throw e;
+  }
+  await auditOrLog(audit, log, { actor: 'rapd', action: 'firewall.applied', outcome: 'ok', details: { table: FIREWALL_TABLE, sha256, chains: state.chains.length, rules: state.rules } });
   const files = renderNetworkFiles(config);
   const applied = await applyNetworkFiles(paths.networkd, files, run);
   log.info('instrument ports configured', {
@@ -92,6 +107,33 @@ async function applyNetwork(deps: DaemonDeps, now: () => Date): Promise<NetworkR
   };
 }
 
+/**
+ * `config.changed` when the configuration differs from the one the last
+ * such record describes (the first start records it too). Secret values are
+ * redacted before anything is hashed or recorded (a hash of a proxy password
+ * could be guessed offline), so a change of a secret alone is not seen.
+ */
+/**
+ * Record what rapd did at start. A record that cannot be written (data
+ * partition full, I/O error) is logged and does not stop the start: the
+ * firewall and the telemetry matter more than their record. Commands are
+ * different: without their record they do not run (commands.ts).
+ */
+async function auditOrLog(audit: AuditLog, log: Logger, event: AuditEvent): Promise<void> {
+  await audit.append(event).catch((e: unknown) => log.error('audit record not written', { action: event.action, error: errorMessage(e) }));
+}
+
+async function auditConfig(audit: AuditLog, log: Logger, config: Config): Promise<void> {
+  const shown = redactConfig(config);
+  const sha256 = createHash('sha256').update(canonicalJson(shown)).digest('hex');
+  const last = audit.last('config.changed');
+  if (last?.details['sha256'] === sha256) return;
+  const before = (last?.details['config'] ?? {}) as Record<string, unknown>;
+  // The first record has nothing to compare with: it lists no changed keys, only the config.
+  const changedKeys = last ? Object.keys(shown).filter((k) => canonicalJson(shown[k]) !== canonicalJson(before[k] ?? null)) : [];
+  await auditOrLog(audit, log, { actor: 'rapd', action: 'config.changed', outcome: 'ok', details: { sha256, first: last === null, changedKeys, config: shown } });
+}
+
 export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   const { config, paths, log, notifier } = deps;
   const now = deps.now ?? (() => new Date());
@@ -100,10 +142,34 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   const slot = readSlot(paths.procCmdline);
 
   checkStateDir(paths.state, `${JSON.stringify({ version: RAPD_VERSION, pid: process.pid, startedAt: startedAt.toISOString() })}\n`);
-  const network = await applyNetwork(deps, now);
+  // The audit log first: the firewall and config changes below are audited, and
+  // the accepted commands in it rebuild the replay memory.
+  const accepted: AuditRecord[] = [];
+  const audit = AuditLog.open({ path: paths.auditLog, log: log.child({ part: 'audit' }) }, (r) => {
+    if (r.action === 'command.accepted') accepted.push(r);
+  });
+  const router = new CommandRouter({
+    policy: {
+      deviceId: config['device.id'],
+      keys: trustedKeys(config['commands.keys']),
+      maxLifetimeMs: config['commands.maxLifetimeSec'] * 1000,
+      skewMs: config['commands.clockSkewSec'] * 1000,
+    },
+    audit,
+    log,
+  });
+  for (const r of accepted) router.rememberFromAudit(r);
+  let network: NetworkReport | null;
+  try {
+    await auditConfig(audit, log, config);
+    network = await applyNetwork(deps, now, audit);
+  } catch (e) {
+    await audit.close();
+    throw e;
+  }
 
   // Each part started is pushed here so a failure later unwinds it (never half-started).
-  const undo: (() => Promise<void> | void)[] = [];
+  const undo: (() => Promise<void> | void)[] = [() => audit.close()];
   const unwind = async (): Promise<void> => {
     for (const u of undo.reverse()) await Promise.resolve(u()).catch(() => {});
   };
@@ -111,6 +177,7 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
   let store: MessageStore;
   const agents: PortAgent[] = [];
   let uplink: Uplink | null = null;
+  let channel: CommandChannel | null = null;
   try {
     store = MessageStore.open({
       path: paths.queueDb,
@@ -120,11 +187,17 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
       log: log.child({ part: 'store' }),
     });
     undo.push(() => store.close());
+    undo.push(await forwardAudit(audit, store, log.child({ part: 'audit' })));
+    registerBuiltins(router, audit, () => readAnchor(store));
     if (config['center.url'] !== '') {
       uplink = new Uplink({ config, store, log, env: deps.env });
       uplink.start();
       const u = uplink;
       undo.push(() => u.stop());
+      channel = new CommandChannel({ config, router, log, env: deps.env, auditHead: () => audit.headNow() });
+      channel.start();
+      const c = channel;
+      undo.push(() => c.stop());
     }
     for (const port of config['ports']) {
       const agent = await PortAgent.start({ port, store, log, bindRetryMaxMs: deps.bindRetryMaxMs });
@@ -151,11 +224,18 @@ export async function startDaemon(deps: DaemonDeps): Promise<Daemon> {
     store: store.stats(),
     uplink: uplink?.status() ?? null,
     network,
+    channel: channel?.status() ?? null,
+    commands: { types: router.types(), keys: config['commands.keys'].map((k) => k.id), ...router.stats() },
+    audit: { path: paths.auditLog, head: audit.headNow(), anchor: readAnchor(store), recovered: audit.recovered },
   });
 
   let control: ControlServer;
   try {
-    control = await startControlServer(paths.controlSocket, { status }, log);
+    control = await startControlServer(
+      paths.controlSocket,
+      { status, auditRead: (after, limit) => audit.read(after, limit), auditVerify: () => audit.verify(readAnchor(store)) },
+      log,
+    );
   } catch (e) {
     await unwind();
     throw e;

@@ -11,6 +11,8 @@ export interface Paths {
   runtime: string;
   /** The store-and-forward queue (SQLite, WAL). */
   queueDb: string;
+  /** The hash-chained audit log (JSON lines, append-only; src/rapd/audit.ts). */
+  auditLog: string;
   /** The control socket rapctl talks to. */
   controlSocket: string;
   /** The kernel command line (boot slot). */
@@ -27,6 +29,7 @@ export function pathsFromConfig(config: Config, procRoot = '/proc'): Paths {
     runtime: config['paths.runtime'],
     controlSocket: join(config['paths.runtime'], 'rapd.sock'),
     queueDb: join(config['paths.state'], 'queue.db'),
+    auditLog: join(config['paths.state'], 'audit.log'),
     procCmdline: join(procRoot, 'cmdline'),
     networkd: config['paths.networkd'],
   };

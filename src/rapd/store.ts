@@ -110,6 +110,8 @@ interface Pending {
   priority: Priority;
   json: string;
   bytes: number;
+  /** Meta keys set in the same transaction (the audit anchor). */
+  meta: Record<string, string> | undefined;
   resolve: (m: TelemetryMessage) => void;
   reject: (e: unknown) => void;
 }
@@ -368,7 +370,7 @@ export class MessageStore {
    * after the transaction holding it committed. Rejects RAP_STORE_FULL for a
    * routine message while the disk is low, RAP_STORE when the commit failed.
    */
-  append(msg: NewMessage): Promise<TelemetryMessage> {
+  append(msg: NewMessage, opts: { meta?: Record<string, string> } = {}): Promise<TelemetryMessage> {
     if (this.closed) return Promise.reject(new RapError('RAP_STORE', `store ${this.path}: closed`, { path: this.path }));
     const priority = priorityOf(msg.kind);
     if (priority === 'routine') {
@@ -404,7 +406,7 @@ export class MessageStore {
       return Promise.reject(new RapError('RAP_STORE', `store: message cannot be serialised: ${errorMessage(e)}`, { port: msg.port }, { cause: e }));
     }
     return new Promise((resolve, reject) => {
-      this.pending.push({ msg: stored, priority, json, bytes: Buffer.byteLength(json), resolve, reject });
+      this.pending.push({ msg: stored, priority, json, bytes: Buffer.byteLength(json), meta: opts.meta, resolve, reject });
       if (this.pending.length >= FLUSH_AT) this.flush();
       else this.immediate ??= setImmediate(() => this.flush());
     });
@@ -439,7 +441,10 @@ export class MessageStore {
     let drops: Drops;
     try {
       this.db.exec('BEGIN IMMEDIATE');
-      for (const p of batch) this.st.insert.run(p.msg.id, p.priority, p.msg.receivedAt, p.bytes, p.json);
+      for (const p of batch) {
+        this.st.insert.run(p.msg.id, p.priority, p.msg.receivedAt, p.bytes, p.json);
+        for (const [k, v] of Object.entries(p.meta ?? {})) this.st.setMeta.run(k, v);
+      }
       drops = this.enforceQuotas(added);
       this.db.exec('COMMIT');
     } catch (e) {
@@ -644,6 +649,16 @@ export class MessageStore {
       this.counts[p] -= gone[p];
       this.queuedBytes[p] -= goneBytes[p];
     }
+  }
+
+  /**
+   * A meta value committed with an append (e.g. the audit anchor: the head of
+   * the audit chain that reached the store), or null.
+   */
+  meta(key: string): string | null {
+    this.assertOpen();
+    const v = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key)?.['value'];
+    return typeof v === 'string' ? v : null;
   }
 
   count(): { alarm: number; routine: number } {

@@ -12,17 +12,15 @@
 // of backlog.
 
 import { Agent, request, type AgentOptions } from 'node:https';
-import { readFileSync } from 'node:fs';
-import { isIP, type Socket } from 'node:net';
-import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
+import { type Socket } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import { RapError, errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
-import { connectVia, describeProxy, resolveProxy, type ProxySpec } from '../lib/proxy.ts';
+import { describeProxy, resolveProxy, type ProxySpec } from '../lib/proxy.ts';
 import type { UplinkReport } from '../protocol/control.ts';
-import { TLS_POLICY } from '../protocol/tls.ts';
 import { TELEMETRY_PATH, type TelemetryAck, type TelemetryBatch, type TelemetryMessage } from '../protocol/telemetry.ts';
 import type { Config } from './config.ts';
+import { centerConnector, centerTlsOptions } from './centerlink.ts';
 
 const BACKOFF_MIN_MS = 1000;
 
@@ -102,28 +100,19 @@ export class Uplink {
       env: deps.env ?? process.env,
       target: this.target,
     });
-    const tlsOptions = this.tlsOptions();
+    const tlsOptions = centerTlsOptions(this.cfg, 'RAP_UPLINK', 'uplink');
     // TCP keep-alive probes after a minute of silence, not every second
     // (Node's default): idle wire traffic is a cost on metered site links.
     const agentOptions: AgentOptions = { keepAlive: true, keepAliveMsecs: 60_000, maxSockets: 1, ...tlsOptions };
     this.agent = new Agent(agentOptions);
     // Every connection goes through the proxy door (or direct), then TLS.
-    const connectTimeout = this.cfg['uplink.timeoutMs'];
-    (this.agent as unknown as { createConnection: unknown }).createConnection = (
-      options: ConnectionOptions & { host: string; port: number; servername?: string },
-      cb: (err: Error | null, sock?: Socket) => void,
-    ): undefined => {
-      connectVia(this.proxy, this.target.hostname, Number(this.target.port || 443), { timeoutMs: connectTimeout }).then(
-        (raw) => {
-          this.track(raw);
-          // SNI carries names only (RFC 6066); an IP target is still verified against the certificate's IP SANs.
-          const host = this.target.hostname.replace(/^\[|\]$/g, '');
-          cb(null, tlsConnect({ ...tlsOptions, socket: raw, host, ...(isIP(host) ? {} : { servername: host }) }));
-        },
-        (e: unknown) => cb(e as Error),
-      );
-      return undefined;
-    };
+    (this.agent as unknown as { createConnection: unknown }).createConnection = centerConnector(
+      this.target,
+      this.proxy,
+      tlsOptions,
+      this.cfg['uplink.timeoutMs'],
+      (raw) => this.track(raw),
+    );
     this.st = {
       center: this.target.origin,
       proxy: describeProxy(this.proxy),
@@ -137,23 +126,6 @@ export class Uplink {
       duplicatesAtCenter: 0,
       rejectedByCenter: 0,
       wireBytes: 0,
-    };
-  }
-
-  private tlsOptions(): ConnectionOptions {
-    const read = (key: 'center.caFile' | 'tls.certFile' | 'tls.keyFile'): Buffer => {
-      try {
-        return readFileSync(this.cfg[key]);
-      } catch (e) {
-        throw new RapError('RAP_UPLINK', `uplink: cannot read ${key} ${this.cfg[key]}: ${errorMessage(e)}`, { key }, { cause: e });
-      }
-    };
-    return {
-      // Pinned: only the center's CA, not the system trust store.
-      ca: read('center.caFile'),
-      cert: read('tls.certFile'),
-      key: read('tls.keyFile'),
-      ...TLS_POLICY,
     };
   }
 

@@ -78,7 +78,7 @@ t.test('runs, tells systemd READY with its own pid, feeds the watchdog, answers 
   t.match(readFileSync(b.notifyLog, 'utf8'), /STOPPING=1 STATUS=stopping: SIGTERM/);
   t.notOk(existsSync(b.socket), 'socket removed');
   const logs = exit.stdout.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; level: string });
-  t.same(logs.map((l) => l.msg), ['store open', 'rapd ready', 'rapd stopping', 'rapd stopped'], 'structured JSON log lines');
+  t.same(logs.map((l) => l.msg), ['audit log open', 'store open', 'rapd ready', 'rapd stopping', 'rapd stopped'], 'structured JSON log lines');
 });
 
 const badStarts: { name: string; setup: (b: Box) => { args?: string[]; env?: Record<string, string> }; want: RegExp; code?: number }[] = [

@@ -45,7 +45,7 @@ const bad: { name: string; input: unknown; want: string }[] = [
   { name: 'message not an object', input: batch({ messages: [msg(), 'x'] }), want: 'messages[1]: expected an object' },
   { name: 'id not a UUID', input: batch({ messages: [msg(), msg(), msg(), msg({ id: 'm-4' })] }), want: 'messages[3].id: expected a UUID' },
   { name: 'id missing', input: batch({ messages: [without(msg(), 'id')] }), want: 'messages[0].id: expected a UUID' },
-  { name: 'kind unknown', input: batch({ messages: [msg({ kind: 'warning' })] }), want: 'messages[0].kind: expected one of "status", "heartbeat", "alarm", "event"' },
+  { name: 'kind unknown', input: batch({ messages: [msg({ kind: 'warning' })] }), want: 'messages[0].kind: expected one of "status", "heartbeat", "alarm", "event", "audit"' },
   { name: 'port upper case', input: batch({ messages: [msg({ port: 'Port1' })] }), want: 'messages[0].port: expected a port name (1-32 of a-z, 0-9, "-")' },
   { name: 'instrument missing', input: batch({ messages: [without(msg(), 'instrument')] }), want: 'messages[0].instrument: expected an object or null' },
   { name: 'instrument a string', input: batch({ messages: [msg({ instrument: 'SN1' })] }), want: 'messages[0].instrument: expected an object or null' },
@@ -77,7 +77,8 @@ const bad: { name: string; input: unknown; want: string }[] = [
   { name: 'extra message field', input: batch({ messages: [msg({ priority: 'alarm' })] }), want: 'messages[0].priority: unexpected field' },
   { name: 'extra batch field', input: batch({ version: 2 }), want: 'version: unexpected field' },
   // The first problem wins, in field order, so the message is stable.
-  { name: 'two problems: the first is named', input: batch({ messages: [msg({ kind: 'x', port: 'Y' })] }), want: 'messages[0].kind: expected one of "status", "heartbeat", "alarm", "event"' },
+  { name: 'audit body not a record (names its field)', input: batch({ messages: [msg({ kind: 'audit', port: 'audit', body: { seq: 0 } })] }), want: 'messages[0].body: expected an audit record (seq: expected an integer >= 1)' },
+  { name: 'two problems: the first is named', input: batch({ messages: [msg({ kind: 'x', port: 'Y' })] }), want: 'messages[0].kind: expected one of "status", "heartbeat", "alarm", "event", "audit"' },
 ];
 
 for (const c of bad) {

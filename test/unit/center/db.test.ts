@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { openCenterDb } from '../../../src/center/db.ts';
 import type { TelemetryBatch, TelemetryMessage } from '../../../src/protocol/telemetry.ts';
+import { makeRecord, type AuditRecord } from '../../../src/protocol/audit.ts';
 
 let n = 0;
 function uuid(): string {
@@ -180,5 +181,66 @@ t.test('opening: missing file, foreign file, newer schema', async (t) => {
   const future = new DatabaseSync(join(dir, 'future.db'));
   future.exec('PRAGMA user_version = 99');
   future.close();
-  t.throws(() => openCenterDb(join(dir, 'future.db'), { create: true }), { code: 'RAP_CENTER', message: /has schema 99; this rap-center knows 1$/ });
+  t.throws(() => openCenterDb(join(dir, 'future.db'), { create: true }), { code: 'RAP_CENTER', message: /has schema 99; this rap-center knows 2$/ });
+});
+
+// ---------------------------------------------------------------- audit chains
+
+function chain(n: number, actionOf = (i: number) => `test.step${i}`): AuditRecord[] {
+  const out: AuditRecord[] = [];
+  for (let i = 0; i < n; i++) {
+    const last = out[out.length - 1];
+    out.push(makeRecord(last ? { seq: last.seq, hash: last.hash } : null, { actor: 'rapd', action: actionOf(i), outcome: 'ok' }, new Date(Date.UTC(2025, 2, 1, 10, 0, i))));
+  }
+  return out;
+}
+const auditMsg = (r: AuditRecord): TelemetryMessage => m({ kind: 'audit', port: 'audit', instrument: null, body: r as unknown as Record<string, unknown> });
+
+t.test('audit records: stored once per seq, the chain verifies, not counted as instrument messages', async (t) => {
+  const db = openCenterDb(join(t.testdir(), 'c.db'), { create: true });
+  t.teardown(() => db.close());
+  const rs = chain(4);
+  t.same(db.storeBatch(batch('box-1', rs.slice(0, 3).map(auditMsg)), { remoteAddress: 'x' }), { stored: 3, duplicates: 0 });
+  // Re-queued after a restart (new message ids, same records): no new rows.
+  t.same(db.storeBatch(batch('box-1', rs.map(auditMsg)), { remoteAddress: 'x' }), { stored: 1, duplicates: 3 });
+  t.same(db.auditVerify('box-1'), { device: 'box-1', records: 4, head: { seq: 4, hash: rs[3]!.hash }, problems: [], ok: true });
+  t.equal(db.devices()[0]?.messages, 0, 'audit records are not instrument messages');
+  t.same(db.auditRecords('box-1', 2, 10).map((r) => r.seq), [3, 4]);
+  t.same(db.auditVerify('box-2'), { device: 'box-2', records: 0, head: null, problems: [], ok: true });
+});
+
+t.test('audit records: a gap, an edited record and a fork are reported', async (t) => {
+  const db = openCenterDb(join(t.testdir(), 'c.db'), { create: true });
+  t.teardown(() => db.close());
+  const rs = chain(6);
+  db.storeBatch(batch('box-1', [rs[0]!, rs[1]!, rs[4]!, rs[5]!].map(auditMsg)), { remoteAddress: 'x' });
+  t.match(db.auditVerify('box-1'), { ok: false, problems: ['gap: records 3-4 not received'] });
+  // The missing ones arrive late (they were queued behind others): the gap closes.
+  db.storeBatch(batch('box-1', [rs[2]!, rs[3]!].map(auditMsg)), { remoteAddress: 'x' });
+  t.match(db.auditVerify('box-1'), { ok: true, records: 6 });
+
+  // Another box sends an edited record: its hash no longer matches its content.
+  const edited = { ...rs[1]!, outcome: 'denied' };
+  const heard: string[] = [];
+  db.storeBatch(batch('box-2', [rs[0]!, edited, rs[2]!].map(auditMsg)), { remoteAddress: 'x', onAuditProblem: (p) => heard.push(p) });
+  t.match(db.auditVerify('box-2'), { ok: false, problems: [/record 2: hash does not match its content/] });
+  t.match(heard, [/record 2: hash does not match/], 'reported as it arrived');
+
+  // box-1's log was truncated to 2 records and rapd went on from there: seq 3 comes again, differently.
+  const forked = chain(3, (i) => (i < 2 ? `test.step${i}` : 'audit.truncated'));
+  db.storeBatch(batch('box-1', [forked[2]!].map(auditMsg)), { remoteAddress: 'x', onAuditProblem: (p) => heard.push(p) });
+  t.match(heard.pop(), /^fork: record 3/);
+  t.match(db.auditVerify('box-1'), { ok: false, problems: [/^fork: record 3 was received again with another hash/] });
+});
+
+t.test('commands and their results are recorded', async (t) => {
+  const db = openCenterDb(join(t.testdir(), 'c.db'), { create: true });
+  t.teardown(() => db.close());
+  db.recordCommand('box-1', { id: 'c1', type: 'ping', keyId: 'k1', sig: 'x' }, at('2025-03-01T10:00:00Z'));
+  t.match(db.commands('box-1', 10), [{ id: 'c1', type: 'ping', keyId: 'k1', status: null }]);
+  db.recordResult('box-1', { t: 'result', id: 'c1', status: 'ok', result: { pong: 1 } }, at('2025-03-01T10:00:01Z'));
+  db.recordResult('box-1', { t: 'result', id: 'forged-1', status: 'rejected', error: { code: 'RAP_CMD_BAD_SIGNATURE', message: 'no' } }, at('2025-03-01T10:00:02Z'));
+  const rows = db.commands('box-1', 10);
+  t.match(rows.find((r) => r.id === 'c1'), { status: 'ok', result: { pong: 1 }, completedAt: '2025-03-01T10:00:01.000Z' });
+  t.match(rows.find((r) => r.id === 'forged-1'), { status: 'rejected', errorCode: 'RAP_CMD_BAD_SIGNATURE' });
 });

@@ -9,7 +9,7 @@ const bad: [string, RegExp][] = [
   ['not json', /not valid JSON/],
   ['[]', /must be a JSON object/],
   ['{}', /no string 'method'/],
-  ['{"method":"reboot"}', /unknown method "reboot" \(known: status\)/],
+  ['{"method":"reboot"}', /unknown method "reboot" \(known: status, audit\.read, audit\.verify\)/],
   ['{"method":"status","x":1}', /unknown request field\(s\): x/],
 ];
 for (const [line, want] of bad) {

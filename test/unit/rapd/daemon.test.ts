@@ -77,7 +77,7 @@ t.test('a bad control request gets an error answer, not a crash', async (t) => {
   const d = await startDaemon({ config, paths, log, notifier: recordingNotifier().n });
   t.teardown(() => d.stop('test'));
   const res = await callControl(paths.controlSocket, { method: 'bogus' as 'status' });
-  t.same(res, { ok: false, error: { code: 'RAP_CONTROL', message: 'unknown method "bogus" (known: status)' } });
+  t.same(res, { ok: false, error: { code: 'RAP_CONTROL', message: 'unknown method "bogus" (known: status, audit.read, audit.verify)' } });
 });
 
 t.test('unwritable state directory fails before anything listens', async (t) => {
@@ -156,4 +156,41 @@ t.test('loopback/dev ports only: no firewall or networkd touched, network status
   const d = await startDaemon({ config, paths, log, notifier: recordingNotifier().n, run });
   t.teardown(() => d.stop('test'));
   t.equal(d.status().network, null);
+});
+
+t.test('audit: config recorded at the first start and when it changes; firewall applies and failures recorded', async (t) => {
+  const { dir, paths, log } = setup(t);
+  const base = { paths: { state: paths.state, runtime: paths.runtime, networkd: join(dir, 'networkd') }, ports: [{ name: 'p1', interface: 'inst1' }] };
+  const ok: FirewallAdaptor = {
+    apply: async () => {},
+    check: async () => {},
+    read: async () => ({ chains: [{ name: 'input', hook: 'input', policy: 'drop', rules: 3 }, { name: 'forward', hook: 'forward', policy: 'drop', rules: 0 }], rules: 3 }),
+  };
+  const run = (async (argv: readonly string[]) => ({ argv: [...argv], code: 0, signal: null, stdout: '', stderr: '' })) as Runner;
+  const start = async (doc: Record<string, unknown>, firewall: FirewallAdaptor) => {
+    const config = parseConfig(doc, 'test');
+    return startDaemon({ config, paths: { ...paths, networkd: config['paths.networkd'] }, log, notifier: recordingNotifier().n, firewall, run, bindRetryMaxMs: 50 });
+  };
+  const records = async () => {
+    const res = await callControl(paths.controlSocket, { method: 'audit.read', after: 0, limit: 100 });
+    return res.ok ? res.result.map((r) => [r.action, r.outcome, r.details['changedKeys'] ?? r.details['chains'] ?? r.details['error']]) : [];
+  };
+  let d = await start(base, ok);
+  t.same(await records(), [
+    ['config.changed', 'ok', []],
+    ['firewall.applied', 'ok', 2],
+  ]);
+  await d.stop('test');
+  d = await start(base, ok);
+  t.equal((await records()).filter(([a]) => a === 'config.changed').length, 1, 'same config: not recorded again');
+  await d.stop('test');
+  d = await start({ ...base, log: { level: 'debug' } }, ok);
+  t.same((await records()).filter(([a]) => a === 'config.changed').pop(), ['config.changed', 'ok', ['log.level']], 'a change names the keys');
+  const verify = await callControl(paths.controlSocket, { method: 'audit.verify' });
+  t.match(verify, { ok: true, result: { ok: true, records: 5 } });
+  await d.stop('test');
+  const broken: FirewallAdaptor = { ...ok, apply: async () => { throw new RapError('RAP_FIREWALL', 'nft apply failed'); } };
+  await t.rejects(start(base, broken), { code: 'RAP_FIREWALL' });
+  const lines = readFileSync(paths.auditLog, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  t.match(lines.pop(), { action: 'firewall.applied', outcome: 'error', details: { error: 'nft apply failed' } }, 'the failed apply is on record');
 });
