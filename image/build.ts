@@ -6,9 +6,11 @@
 // Stages (each prints a progress line):
 //   base    mmdebstrap trixie -> out/cache/base-<key>.tar (reused while its inputs are unchanged)
 //   tree    base + rootfs-overlay/ + out/rapd + presets -> out/build/rootfs/
+//   harden  every hardening/*/fix applied to the tree (before it is sealed)
 //   root    mksquashfs + veritysetup -> out/build/root.img (squashfs, then its hash tree)
 //   esp     vfat + systemd-boot + a unified kernel image per slot -> out/build/esp.img
 //   data    empty ext4 -> out/build/data.img
+//   verify  every hardening/*/check on the sealed tree -> out/compliance/rules.json
 //   disk    sfdisk + dd -> out/rapbox.img, out/SHA256SUMS, out/image.json
 // A second run with unchanged inputs does nothing (input stamp in out/image.json).
 
@@ -33,6 +35,7 @@ import { join, relative } from 'node:path';
 import { lockMismatches, parseInstalled, parseLock, renderLock, renderPreferences } from './lock.ts';
 import { DISK_LABEL_ID, diskSize, loadLayout, renderSfdisk, stableUuid, type Partition } from './layout.ts';
 import { buildUki } from './uki.ts';
+import { applyHardening, verifyHardening } from './hardening.ts';
 import { OUT, REPO, humanSize, info, sh, sha256File, sourceDateEpoch, stage } from './tools.ts';
 
 const SUITE = 'trixie';
@@ -383,8 +386,8 @@ async function buildDisk(layout: Partition[], images: Map<string, string>): Prom
 /** Hash of everything the image is made from, to skip a build with no changes. */
 function inputStamp(baseTar: string, rapdSha: string, epoch: number): string {
   // Tools that do not shape the image's bytes (out/rapd is hashed separately).
-  const notInputs = new Set(['image/qemu.ts', 'image/deps.sh', 'image/sea.ts', 'image/readme-settings.ts', 'image/flash.ts']);
-  const files = [...listFiles(join(REPO, 'rootfs-overlay')), ...listFiles(join(REPO, 'image'))].filter((f) => !notInputs.has(relative(REPO, f)));
+  const notInputs = new Set(['image/qemu.ts', 'image/deps.sh', 'image/sea.ts', 'image/readme-settings.ts', 'image/flash.ts', 'image/compliance.ts']);
+  const files = [...listFiles(join(REPO, 'rootfs-overlay')), ...listFiles(join(REPO, 'image')), ...listFiles(join(REPO, 'hardening'))].filter((f) => !notInputs.has(relative(REPO, f)));
   const h = createHash('sha256').update(`${baseTar}\0${rapdSha}\0${epoch}\0`);
   for (const f of files) h.update(relative(REPO, f)).update('\0').update(String(statSync(f).mode & 0o111)).update(readFileSync(f));
   return h.digest('hex');
@@ -415,9 +418,13 @@ export async function buildImage(): Promise<void> {
   }
   mkdirSync(BUILD, { recursive: true });
   const tree = await buildTree(baseTar, rapd);
+  await applyHardening(tree);
   const rootSizes = await largestInTree(tree);
   const root = await buildRoot(tree, epoch);
   const esp = await buildEsp(tree, byLabel('rapbox-esp'), { a: byLabel('rapbox-root-a'), b: byLabel('rapbox-root-b') }, root, epoch);
+  // The tree is no longer changed from here: it is what the root slot holds.
+  mkdirSync(join(OUT, 'compliance'), { recursive: true });
+  await verifyHardening(tree, join(BUILD, 'esp'), join(OUT, 'compliance/rules.json'));
   const data = await buildData(byLabel('rapbox-data'), epoch);
   const disk = await buildDisk(
     layout,

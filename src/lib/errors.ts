@@ -21,6 +21,7 @@ export type RapErrorCode =
   | 'RAP_PROTOCOL'
   | 'RAP_CENTER' | 'RAP_PKI'
   | 'RAP_IMAGE'
+  | 'RAP_HARDENING'
   | 'RAP_AUDIT'
   // Command channel and verification (docs/commands.md lists when each is used).
   | 'RAP_CHANNEL'
