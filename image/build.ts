@@ -5,11 +5,13 @@
 //
 // Stages (each prints a progress line):
 //   base    mmdebstrap trixie -> out/cache/base-<key>.tar (reused while its inputs are unchanged)
-//   tree    base + rootfs-overlay/ + out/rapd + presets -> out/build/rootfs/
+//   tree    base + rootfs-overlay/ + out/rapd + presets, kernel modules and
+//           udev hwdb slimmed -> out/build/rootfs/
 //   root    mksquashfs + veritysetup -> out/build/root.img (squashfs, then its hash tree)
 //   esp     vfat + systemd-boot + a unified kernel image per slot -> out/build/esp.img
 //   data    empty ext4 -> out/build/data.img
 //   disk    sfdisk + dd -> out/rapbox.img, out/SHA256SUMS, out/image.json
+//   summary rapbox.img.zst, OTA payload size, out/size-report.txt
 // A second run with unchanged inputs does nothing (input stamp in out/image.json).
 
 import { createHash } from 'node:crypto';
@@ -267,14 +269,23 @@ export interface RootSlotImage {
 
 const VERITY_BLOCK = 4096;
 
+/**
+ * Tree directories whose content stays out of the root slot: /boot goes to
+ * the ESP (in the UKIs), and /var is the data partition's mount point, so
+ * what the install left there (dpkg's database, debconf's cache) would only
+ * lie hidden under the mount. The directories themselves stay.
+ */
+export const NOT_IN_SLOT = ['/boot', '/var'];
+
 async function buildRoot(tree: string, epoch: number): Promise<RootSlotImage> {
   const img = join(BUILD, 'root.img');
   const sqfs = join(BUILD, 'root.sqfs');
   stage('root: mksquashfs (zstd) + dm-verity hash tree');
   rmSync(sqfs, { force: true });
   // -reproducible + SOURCE_DATE_EPOCH (never together with -mkfs-time) gives
-  // identical bytes; /boot lives on the ESP, not needed in the slot.
-  await sh(['mksquashfs', tree, sqfs, '-comp', 'zstd', '-noappend', '-reproducible', '-no-progress', '-quiet', '-e', 'boot'], {
+  // identical bytes. NOT_IN_SLOT directories are kept empty ("var/*").
+  const exclude = NOT_IN_SLOT.map((d) => `${d.slice(1)}/*`);
+  await sh(['mksquashfs', tree, sqfs, '-comp', 'zstd', '-noappend', '-reproducible', '-no-progress', '-quiet', '-wildcards', '-e', ...exclude], {
     env: { SOURCE_DATE_EPOCH: String(epoch) },
   });
   info(`${humanSize(statSync(sqfs).size)} root.sqfs`);
@@ -475,7 +486,7 @@ export async function buildImage(): Promise<void> {
   mkdirSync(BUILD, { recursive: true });
   const tree = await buildTree(baseTar, rapd);
   const rootSizes = await largestInTree(tree);
-  const { packages, treeBytes } = packageSizesOfTree(tree);
+  const { packages, unowned, treeBytes } = packageSizesOfTree(tree, NOT_IN_SLOT);
   const root = await buildRoot(tree, epoch);
   const esp = await buildEsp(tree, byLabel('rapbox-esp'), { a: byLabel('rapbox-root-a'), b: byLabel('rapbox-root-b') }, root, epoch);
   const data = await buildData(byLabel('rapbox-data'), epoch);
@@ -530,7 +541,7 @@ export async function buildImage(): Promise<void> {
       .map(([n, f]) => `${f.sha256}  ${n}\n`)
       .join(''),
   );
-  writeFileSync(join(OUT, 'size-report.txt'), renderSizeReport(sizes, packages, rootSizes));
+  writeFileSync(join(OUT, 'size-report.txt'), renderSizeReport(sizes, packages, unowned, rootSizes));
   if (existsSync(join(OUT, 'rapbox.img.partial'))) unlinkSync(join(OUT, 'rapbox.img.partial'));
   printSummary(manifest);
 }
@@ -559,8 +570,8 @@ interface Manifest {
 export async function largestInTree(tree: string, count = 12): Promise<{ path: string; bytes: number }[]> {
   const r = await sh(['du', '--apparent-size', '--block-size=1', '--max-depth=3', '--one-file-system', tree]);
   return parseDu(r.stdout, tree)
-    // /boot goes to the ESP (UKIs), not into the root slot.
-    .filter((e) => e.path !== '/' && e.path !== '/usr' && e.path !== '/usr/lib' && e.path !== '/usr/share' && e.path !== '/boot')
+    .filter((e) => e.path !== '/' && e.path !== '/usr' && e.path !== '/usr/lib' && e.path !== '/usr/share')
+    .filter((e) => !NOT_IN_SLOT.some((d) => e.path === d || e.path.startsWith(`${d}/`)))
     .sort((a, b) => b.bytes - a.bytes)
     .slice(0, count);
 }

@@ -43,7 +43,11 @@ export function listFilePackage(file: string): string | null {
  * listing it in name order. Files no package lists (rapd, the overlay,
  * generated files) are "(not from a package)".
  */
-export function sizesByPackage(lists: ReadonlyMap<string, readonly string[]>, allFiles: readonly { path: string; ino: number; bytes: number }[], statOf: (path: string) => { ino: number; bytes: number } | null): SizeEntry[] {
+export function sizesByPackage(
+  lists: ReadonlyMap<string, readonly string[]>,
+  allFiles: readonly { path: string; ino: number; bytes: number }[],
+  statOf: (path: string) => { ino: number; bytes: number } | null,
+): { packages: SizeEntry[]; unowned: SizeEntry[] } {
   const seen = new Set<number>();
   const out = new Map<string, number>();
   for (const pkg of [...lists.keys()].sort()) {
@@ -56,27 +60,29 @@ export function sizesByPackage(lists: ReadonlyMap<string, readonly string[]>, al
     }
     out.set(pkg, sum);
   }
-  let rest = 0;
+  const unowned: SizeEntry[] = [];
   for (const f of allFiles) {
     if (seen.has(f.ino)) continue;
     seen.add(f.ino);
-    rest += f.bytes;
+    unowned.push({ name: f.path, bytes: f.bytes });
   }
-  out.set('(not from a package)', rest);
-  return [...out].map(([name, bytes]) => ({ name, bytes })).sort((a, b) => b.bytes - a.bytes || (a.name < b.name ? -1 : 1));
+  out.set('(not from a package)', unowned.reduce((n, f) => n + f.bytes, 0));
+  return { packages: sortEntries([...out].map(([name, bytes]) => ({ name, bytes }))), unowned: sortEntries(unowned) };
 }
 
+const sortEntries = (xs: SizeEntry[]): SizeEntry[] => xs.sort((a, b) => b.bytes - a.bytes || (a.name < b.name ? -1 : 1));
+
 /**
- * Regular files of the tree (not /boot: it goes to the ESP), with inode and
- * size. Walked by hand: readdir's recursive mode follows the /bin -> usr/bin
- * style symlinks and would count /usr twice.
+ * Regular files of the tree but those under `skip` (not in the root slot),
+ * with inode and size. Walked by hand: readdir's recursive mode follows the
+ * /bin -> usr/bin style symlinks and would count /usr twice.
  */
-function treeFiles(tree: string): { path: string; ino: number; bytes: number }[] {
+function treeFiles(tree: string, skip: readonly string[]): { path: string; ino: number; bytes: number }[] {
   const out: { path: string; ino: number; bytes: number }[] = [];
   const walk = (rel: string): void => {
     for (const e of readdirSync(join(tree, rel), { withFileTypes: true })) {
       const r = `${rel}/${e.name}`;
-      if (e.isDirectory() && r !== '/boot') walk(r);
+      if (e.isDirectory() && !skip.includes(r)) walk(r);
       else if (e.isFile()) {
         const st = lstatSync(join(tree, r));
         out.push({ path: r, ino: st.ino, bytes: st.size });
@@ -87,17 +93,17 @@ function treeFiles(tree: string): { path: string; ino: number; bytes: number }[]
   return out;
 }
 
-/** The tree's files by installed Debian package, read from its dpkg database. */
-export function packageSizesOfTree(tree: string): { packages: SizeEntry[]; treeBytes: number } {
+/** The tree's files (but those under `skip`) by installed Debian package, read from its dpkg database. */
+export function packageSizesOfTree(tree: string, skip: readonly string[]): { packages: SizeEntry[]; unowned: SizeEntry[]; treeBytes: number } {
   const info = join(tree, 'var/lib/dpkg/info');
   const lists = new Map<string, string[]>();
   for (const f of readdirSync(info).sort()) {
     const pkg = listFilePackage(f);
     if (pkg) lists.set(pkg, readFileSync(join(info, f), 'utf8').split('\n').filter((l) => l.startsWith('/')));
   }
-  const files = treeFiles(tree);
+  const files = treeFiles(tree, skip);
   const statOf = (p: string): { ino: number; bytes: number } | null => {
-    if (p.startsWith('/boot/')) return null;
+    if (skip.some((d) => p.startsWith(`${d}/`))) return null;
     try {
       const st = lstatSync(join(tree, p));
       return st.isFile() ? { ino: st.ino, bytes: st.size } : null;
@@ -107,7 +113,7 @@ export function packageSizesOfTree(tree: string): { packages: SizeEntry[]; treeB
     }
   };
   const inodes = new Map(files.map((f) => [f.ino, f.bytes]));
-  return { packages: sizesByPackage(lists, files, statOf), treeBytes: [...inodes.values()].reduce((n, b) => n + b, 0) };
+  return { ...sizesByPackage(lists, files, statOf), treeBytes: [...inodes.values()].reduce((n, b) => n + b, 0) };
 }
 
 const row = (bytes: number, what: string): string => `  ${humanSize(bytes).padStart(10)}  ${what}\n`;
@@ -125,13 +131,21 @@ export function renderHeadline(s: Sizes): string {
 }
 
 /** out/size-report.txt: headline, then the root tree by package and by directory. */
-export function renderSizeReport(s: Sizes, packages: readonly SizeEntry[], dirs: readonly { path: string; bytes: number }[], topPackages = 25): string {
+export function renderSizeReport(
+  s: Sizes,
+  packages: readonly SizeEntry[],
+  unowned: readonly SizeEntry[],
+  dirs: readonly { path: string; bytes: number }[],
+  topPackages = 25,
+): string {
   let out = 'rapbox image sizes (written by make image)\n\n';
   out += renderHeadline(s);
   out += `\nroot tree: ${humanSize(s.treeBytes)} of files before squashfs compression; by Debian package (dpkg file lists, as installed):\n`;
   for (const p of packages.slice(0, topPackages)) out += row(p.bytes, p.name);
   const rest = packages.slice(topPackages);
   if (rest.length > 0) out += row(rest.reduce((n, p) => n + p.bytes, 0), `${rest.length} more packages`);
+  out += '\nlargest files not from a package (ours, and files made at install or build time):\n';
+  for (const f of unowned.slice(0, 8)) out += row(f.bytes, f.name);
   out += '\nroot tree by directory (largest, nested directories counted in their parents too):\n';
   for (const d of dirs) out += row(d.bytes, d.path);
   return out;

@@ -24,10 +24,14 @@ t.test('bytes per package: each file once (hard links, /lib via usr/lib), the re
   ]);
   const all = Object.entries(files).map(([path, f]) => ({ path, ...f }));
   const r = sizesByPackage(lists, all, (p) => files[p] ?? null);
-  t.same(r, [
+  t.same(r.packages, [
     { name: '(not from a package)', bytes: 100010 },
     { name: 'perl-base', bytes: 4000 },
     { name: 'libc6', bytes: 2000 },
+  ]);
+  t.same(r.unowned, [
+    { name: '/usr/bin/rapd', bytes: 100000 },
+    { name: '/etc/rapd/rapd.json', bytes: 10 },
   ]);
 });
 
@@ -51,9 +55,10 @@ t.test('headline and report carry the OTA payload, slot, UKI parts, and the brea
   t.match(h, /80\.0 MiB {2}root slot \(squashfs 79\.0 MiB \+ hash tree 1\.0 MiB\)/);
   t.match(h, /UKI per slot \(kernel 12\.0 MiB, initrd 7\.0 MiB\)/);
   const pk = Array.from({ length: 30 }, (_, i) => ({ name: `p${i}`, bytes: 1000 - i }));
-  const r = renderSizeReport(SIZES, pk, [{ path: '/usr/lib/modules', bytes: 5 * 1024 ** 2 }], 25);
+  const r = renderSizeReport(SIZES, pk, [{ name: '/usr/bin/rapd', bytes: 104 * 1024 ** 2 }], [{ path: '/usr/lib/modules', bytes: 5 * 1024 ** 2 }], 25);
   t.match(r, /p24\n/);
   t.notMatch(r, /p25\n/);
   t.match(r, /4\.8 KiB {2}5 more packages/);
   t.match(r, /5\.0 MiB {2}\/usr\/lib\/modules/);
+  t.match(r, /not from a package[^\n]*\n {3}104\.0 MiB {2}\/usr\/bin\/rapd/);
 });
