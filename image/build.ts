@@ -271,11 +271,12 @@ const VERITY_BLOCK = 4096;
 
 /**
  * Tree directories whose content stays out of the root slot: /boot goes to
- * the ESP (in the UKIs), and /var is the data partition's mount point, so
- * what the install left there (dpkg's database, debconf's cache) would only
- * lie hidden under the mount. The directories themselves stay.
+ * the ESP (in the UKIs). Not /var, although the data partition is mounted
+ * over it: units with DefaultDependencies=no start before that mount and
+ * need its skeleton (systemd-resolved's PrivateTmp=disconnected needs
+ * /var/tmp; without it resolved failed to start in the VM).
  */
-export const NOT_IN_SLOT = ['/boot', '/var'];
+export const NOT_IN_SLOT = ['/boot'];
 
 async function buildRoot(tree: string, epoch: number): Promise<RootSlotImage> {
   const img = join(BUILD, 'root.img');

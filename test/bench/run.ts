@@ -577,7 +577,7 @@ function print(totalS: number): void {
     `${cells.map((c, i) => (i === 0 || i === 2 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join(' ')}\n`;
   let out = line(['name', 'value', 'unit', 'ceiling', 'ratio', 'target']);
   for (const r of rows) {
-    const digits = r.unit === 'ms' || r.unit === 'MB' ? 2 : r.unit === 'B/msg' ? 1 : 0;
+    const digits = r.unit === 'ms' || r.unit === 'MB' || r.unit === 'x' ? 2 : r.unit === 'B/msg' ? 1 : 0;
     out += line([r.name, fmt(r.value, digits), r.unit, fmt(r.ceiling, digits), r.ratio === null ? '-' : `${r.ratio.toFixed(2)}x`, r.target ?? '']);
   }
   out += '\nratio: value/ceiling for rows where higher is better, ceiling/value where lower is better (1.00x = as good as raw)\n';
