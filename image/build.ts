@@ -5,17 +5,20 @@
 //
 // Stages (each prints a progress line):
 //   base    mmdebstrap trixie -> out/cache/base-<key>.tar (reused while its inputs are unchanged)
-//   tree    base + rootfs-overlay/ + out/rapd + presets -> out/build/rootfs/
+//   tree    base + rootfs-overlay/ + out/rapd + presets, kernel modules and
+//           udev hwdb slimmed -> out/build/rootfs/
 //   harden  every hardening/*/fix applied to the tree (before it is sealed)
 //   root    mksquashfs + veritysetup -> out/build/root.img (squashfs, then its hash tree)
 //   esp     vfat + systemd-boot + a unified kernel image per slot -> out/build/esp.img
 //   data    empty ext4 -> out/build/data.img
 //   verify  every hardening/*/check on the sealed tree -> out/compliance/rules.json
 //   disk    sfdisk + dd -> out/rapbox.img, out/SHA256SUMS, out/image.json
+//   summary rapbox.img.zst, OTA payload size, out/size-report.txt
 // A second run with unchanged inputs does nothing (input stamp in out/image.json).
 
 import { createHash } from 'node:crypto';
 import {
+  appendFileSync,
   chmodSync,
   cpSync,
   existsSync,
@@ -34,6 +37,8 @@ import {
 import { join, relative } from 'node:path';
 import { lockMismatches, parseInstalled, parseLock, renderLock, renderPreferences } from './lock.ts';
 import { DISK_LABEL_ID, diskSize, loadLayout, renderSfdisk, stableUuid, type Partition } from './layout.ts';
+import { pruneModules } from './modules.ts';
+import { packageSizesOfTree, renderHeadline, renderSizeReport, type SizeEntry, type Sizes } from './size-report.ts';
 import { buildUki } from './uki.ts';
 import { applyHardening, verifyHardening } from './hardening.ts';
 import { OUT, REPO, humanSize, info, sh, sha256File, sourceDateEpoch, stage } from './tools.ts';
@@ -80,7 +85,7 @@ function hashOf(...parts: (string | Buffer)[]): string {
 }
 
 /** Epoch for the base tarball: the last commit that touched its inputs, so unrelated commits reuse the cache. */
-async function baseEpoch(inputs: string[]): Promise<number> {
+export async function baseEpoch(inputs: string[]): Promise<number> {
   try {
     const r = await sh(['git', '-C', REPO, 'log', '-1', '--format=%ct', '--', ...inputs]);
     const v = Number(r.stdout.trim());
@@ -124,7 +129,7 @@ async function buildBase(refreshLock = false): Promise<string> {
     // The initrd is generated when the kernel is installed; our hook and
     // scripts must be in place before that, hence essential hooks.
     '--essential-hook=mkdir -p "$1/etc/initramfs-tools"',
-    `--essential-hook=copy-in ${join(initramfsDir, 'hooks')} ${join(initramfsDir, 'scripts')} /etc/initramfs-tools/`,
+    `--essential-hook=copy-in ${['hooks', 'scripts', 'conf.d'].map((d) => join(initramfsDir, d)).join(' ')} /etc/initramfs-tools/`,
     // What was really installed, to check against (or write) the lock.
     `--customize-hook=chroot "$1" dpkg-query -W -f='\${Package} \${Version}\\n' > ${installedList}`,
     ...(lock ? ['--customize-hook=rm -f "$1/etc/apt/preferences.d/rapbox-lock.pref"'] : []),
@@ -225,7 +230,34 @@ async function buildTree(baseTar: string, rapd: string): Promise<string> {
   await sh(['chroot', tree, 'systemctl', 'set-default', 'multi-user.target']);
   const enabled = (await sh(['chroot', tree, 'systemctl', 'list-unit-files', '--state=enabled', '--no-legend', '--plain'])).stdout;
   info(`enabled: ${enabled.split('\n').filter(Boolean).map((l) => l.split(/\s+/)[0]).join(' ')}`);
+  await pruneKernelModules(tree);
+  await slimHwdb(tree);
   return tree;
+}
+
+/** Only the kernel modules image/kernel-modules.txt keeps (and what they need). */
+async function pruneKernelModules(tree: string): Promise<void> {
+  stage('tree: kernel modules from image/kernel-modules.txt only');
+  const { version } = kernelFiles(tree);
+  const r = await pruneModules(tree, version, join(REPO, 'image/kernel-modules.txt'));
+  info(`kept ${r.kept} modules (${humanSize(r.bytesAfter)}), removed ${r.removed} (${humanSize(r.bytesBefore - r.bytesAfter)})`);
+}
+
+/**
+ * udev's hardware database without the vendor/model name tables (20-*.hwdb:
+ * names for lsusb and udevadm info, ~20 MiB with the compiled copy). NICs are
+ * named by PCI path (.link files), not by these. Recompiled with the tree's
+ * own systemd-hwdb into /usr, so systemd-hwdb-update.service stays skipped.
+ */
+async function slimHwdb(tree: string): Promise<void> {
+  const src = join(tree, 'usr/lib/udev/hwdb.d');
+  const bin = join(tree, 'usr/lib/udev/hwdb.bin');
+  const before = statSync(bin).size;
+  for (const f of readdirSync(src)) if (f.startsWith('20-')) rmSync(join(src, f));
+  // systemd-hwdb writes through /proc/self/fd: give it a /proc in a private
+  // mount namespace (gone when it exits, never left mounted in the tree).
+  await sh(['unshare', '--mount', '--fork', 'sh', '-c', 'mount -t proc proc "$1/proc" && exec chroot "$1" systemd-hwdb update --usr --strict', 'sh', tree]);
+  info(`udev hwdb.bin ${humanSize(before)} -> ${humanSize(statSync(bin).size)} (vendor/model name tables dropped)`);
 }
 
 /** A root slot's payload: the squashfs followed by its dm-verity hash tree. */
@@ -235,9 +267,19 @@ export interface RootSlotImage {
   rootHash: string;
   /** Where the hash tree starts (bytes): the squashfs, padded to the verity block. */
   hashOffset: number;
+  squashfsBytes: number;
 }
 
 const VERITY_BLOCK = 4096;
+
+/**
+ * Tree directories whose content stays out of the root slot: /boot goes to
+ * the ESP (in the UKIs). Not /var, although the data partition is mounted
+ * over it: units with DefaultDependencies=no start before that mount and
+ * need its skeleton (systemd-resolved's PrivateTmp=disconnected needs
+ * /var/tmp; without it resolved failed to start in the VM).
+ */
+export const NOT_IN_SLOT = ['/boot'];
 
 async function buildRoot(tree: string, epoch: number): Promise<RootSlotImage> {
   const img = join(BUILD, 'root.img');
@@ -245,15 +287,17 @@ async function buildRoot(tree: string, epoch: number): Promise<RootSlotImage> {
   stage('root: mksquashfs (zstd) + dm-verity hash tree');
   rmSync(sqfs, { force: true });
   // -reproducible + SOURCE_DATE_EPOCH (never together with -mkfs-time) gives
-  // identical bytes; /boot lives on the ESP, not needed in the slot.
-  await sh(['mksquashfs', tree, sqfs, '-comp', 'zstd', '-noappend', '-reproducible', '-no-progress', '-quiet', '-e', 'boot'], {
+  // identical bytes. NOT_IN_SLOT directories are kept empty ("var/*").
+  const exclude = NOT_IN_SLOT.map((d) => `${d.slice(1)}/*`);
+  await sh(['mksquashfs', tree, sqfs, '-comp', 'zstd', '-noappend', '-reproducible', '-no-progress', '-quiet', '-wildcards', '-e', ...exclude], {
     env: { SOURCE_DATE_EPOCH: String(epoch) },
   });
   info(`${humanSize(statSync(sqfs).size)} root.sqfs`);
   // The hash tree goes right after the squashfs in the same partition, so a
   // slot stays one partition (and one OTA payload). Salt and UUID are derived,
   // not random: the same tree gives the same root hash.
-  const hashOffset = Math.ceil(statSync(sqfs).size / VERITY_BLOCK) * VERITY_BLOCK;
+  const squashfsBytes = statSync(sqfs).size;
+  const hashOffset = Math.ceil(squashfsBytes / VERITY_BLOCK) * VERITY_BLOCK;
   truncateSync(sqfs, hashOffset);
   renameSync(sqfs, img);
   const out = await sh([
@@ -269,7 +313,7 @@ async function buildRoot(tree: string, epoch: number): Promise<RootSlotImage> {
   const rootHash = /^Root hash:\s+([0-9a-f]{64})$/m.exec(out.stdout)?.[1];
   if (!rootHash) throw new Error(`veritysetup format printed no root hash:\n${out.stdout}`);
   info(`${humanSize(statSync(img).size)} root slot image (squashfs + hash tree), root hash ${rootHash.slice(0, 16)}...`);
-  return { path: img, rootHash, hashOffset };
+  return { path: img, rootHash, hashOffset, squashfsBytes };
 }
 
 function kernelFiles(tree: string): { vmlinuz: string; initrd: string; version: string } {
@@ -306,7 +350,15 @@ export function ukiName(slot: 'a' | 'b'): string {
   return `rapbox-${slot}.efi`;
 }
 
-async function buildEsp(tree: string, esp: Partition, roots: { a: Partition; b: Partition }, verity: RootSlotImage, epoch: number): Promise<string> {
+/** The ESP image, and slot A's UKI with its parts' sizes (for the size report and OTA payload). */
+interface EspImage {
+  path: string;
+  uki: string;
+  kernelBytes: number;
+  initrdBytes: number;
+}
+
+async function buildEsp(tree: string, esp: Partition, roots: { a: Partition; b: Partition }, verity: RootSlotImage, epoch: number): Promise<EspImage> {
   const img = join(BUILD, 'esp.img');
   stage('esp: vfat, systemd-boot, a unified kernel image per slot');
   rmSync(img, { force: true });
@@ -349,7 +401,26 @@ async function buildEsp(tree: string, esp: Partition, roots: { a: Partition; b: 
   // mcopy -s copies the staged tree; sorted names and SOURCE_DATE_EPOCH keep it stable.
   const top = readdirSync(staging).sort().map((n) => join(staging, n));
   await sh(['mcopy', '-i', img, '-s', '-p', '-Q', ...top, '::/'], { env });
-  return img;
+  return { path: img, uki: join(staging, 'EFI/Linux', ukiName('a')), kernelBytes: common.linux.length, initrdBytes: common.initrd.length };
+}
+
+/** zstd settings of rapbox.img.zst; the OTA payload is measured with the same. */
+const ZSTD_ARGS = ['-q', '-T0', '-10', '--long=31'];
+
+/**
+ * What an update ships (issue 7 defines the bundle): one root slot image and
+ * its UKI, compressed as the disk image is. Measured, then thrown away.
+ */
+async function otaPayloadBytes(root: string, uki: string): Promise<number> {
+  const raw = join(BUILD, 'ota-payload.bin');
+  const zst = `${raw}.zst`;
+  writeFileSync(raw, readFileSync(root));
+  appendFileSync(raw, readFileSync(uki));
+  await sh(['zstd', ...ZSTD_ARGS, '-f', raw, '-o', zst]);
+  const bytes = statSync(zst).size;
+  rmSync(raw, { force: true });
+  rmSync(zst, { force: true });
+  return bytes;
 }
 
 async function buildData(part: Partition, epoch: number): Promise<string> {
@@ -364,8 +435,8 @@ async function buildData(part: Partition, epoch: number): Promise<string> {
   return img;
 }
 
-async function buildDisk(layout: Partition[], images: Map<string, string>): Promise<string> {
-  const disk = join(OUT, 'rapbox.img');
+/** A GPT disk of `layout` with each partition's image placed (image/minimal.ts makes one too). */
+export async function buildDisk(layout: Partition[], images: Map<string, string>, disk = join(OUT, 'rapbox.img')): Promise<string> {
   stage('disk: GPT with sfdisk, place partitions');
   const partial = `${disk}.partial`;
   rmSync(partial, { force: true });
@@ -420,6 +491,7 @@ export async function buildImage(): Promise<void> {
   const tree = await buildTree(baseTar, rapd);
   await applyHardening(tree);
   const rootSizes = await largestInTree(tree);
+  const { packages, unowned, treeBytes } = packageSizesOfTree(tree, NOT_IN_SLOT);
   const root = await buildRoot(tree, epoch);
   const esp = await buildEsp(tree, byLabel('rapbox-esp'), { a: byLabel('rapbox-root-a'), b: byLabel('rapbox-root-b') }, root, epoch);
   // The tree is no longer changed from here: it is what the root slot holds.
@@ -429,7 +501,7 @@ export async function buildImage(): Promise<void> {
   const disk = await buildDisk(
     layout,
     new Map([
-      ['rapbox-esp', esp],
+      ['rapbox-esp', esp.path],
       ['rapbox-root-a', root.path],
       ['rapbox-root-b', root.path],
       ['rapbox-data', data],
@@ -441,7 +513,20 @@ export async function buildImage(): Promise<void> {
   rmSync(zst, { force: true });
   // --long=31: a 2 GiB window sees slot B repeat slot A and the empty space
   // (420 MiB -> ~185 MiB). Decompressing needs the same flag: zstd -d --long=31.
-  await sh(['zstd', '-q', '-T0', '-10', '--long=31', '-f', disk, '-o', zst]);
+  await sh(['zstd', ...ZSTD_ARGS, '-f', disk, '-o', zst]);
+  const sizes: Sizes = {
+    rootSlotBytes: statSync(root.path).size,
+    squashfsBytes: root.squashfsBytes,
+    hashTreeBytes: statSync(root.path).size - root.hashOffset,
+    ukiBytes: statSync(esp.uki).size,
+    kernelBytes: esp.kernelBytes,
+    initrdBytes: esp.initrdBytes,
+    rapdBytes: statSync(rapd).size,
+    imageBytes: statSync(disk).size,
+    imageZstBytes: statSync(zst).size,
+    otaPayloadBytes: await otaPayloadBytes(root.path, esp.uki),
+    treeBytes,
+  };
   const manifest: Manifest = {
     inputStamp: stamp,
     sourceDateEpoch: epoch,
@@ -449,7 +534,9 @@ export async function buildImage(): Promise<void> {
     rootHash: root.rootHash,
     partitions: layout.map((p) => ({ label: p.label, uuid: p.uuid.toLowerCase(), offset: p.offset, sizeMiB: p.sizeMiB })),
     files: {},
+    sizes,
     rootSizes,
+    packageSizes: packages.slice(0, 25),
     buildSeconds: Math.round((Date.now() - started) / 1000),
   };
   for (const f of [disk, zst, root.path, rapd]) {
@@ -462,6 +549,7 @@ export async function buildImage(): Promise<void> {
       .map(([n, f]) => `${f.sha256}  ${n}\n`)
       .join(''),
   );
+  writeFileSync(join(OUT, 'size-report.txt'), renderSizeReport(sizes, packages, unowned, rootSizes));
   if (existsSync(join(OUT, 'rapbox.img.partial'))) unlinkSync(join(OUT, 'rapbox.img.partial'));
   printSummary(manifest);
 }
@@ -474,8 +562,12 @@ interface Manifest {
   rootHash: string;
   partitions: { label: string; uuid: string; offset: number; sizeMiB: number }[];
   files: Record<string, { bytes: number; sha256: string }>;
+  /** Headline sizes (out/size-report.txt has them with the breakdown). */
+  sizes?: Sizes;
   /** The root filesystem's largest directories and files (uncompressed), for slimming. */
   rootSizes?: { path: string; bytes: number }[];
+  /** The root tree's largest Debian packages (bytes in the final tree). */
+  packageSizes?: SizeEntry[];
   buildSeconds: number;
 }
 
@@ -487,6 +579,7 @@ export async function largestInTree(tree: string, count = 12): Promise<{ path: s
   const r = await sh(['du', '--apparent-size', '--block-size=1', '--max-depth=3', '--one-file-system', tree]);
   return parseDu(r.stdout, tree)
     .filter((e) => e.path !== '/' && e.path !== '/usr' && e.path !== '/usr/lib' && e.path !== '/usr/share')
+    .filter((e) => !NOT_IN_SLOT.some((d) => e.path === d || e.path.startsWith(`${d}/`)))
     .sort((a, b) => b.bytes - a.bytes)
     .slice(0, count);
 }
@@ -505,10 +598,7 @@ function printSummary(m: Manifest): void {
   for (const [name, f] of Object.entries(m.files)) {
     process.stderr.write(`  ${name.padEnd(20)} ${humanSize(f.bytes).padStart(10)}  ${f.sha256}\n`);
   }
-  if (m.rootSizes?.length) {
-    process.stderr.write('\n  largest in the root filesystem (uncompressed):\n');
-    for (const e of m.rootSizes) process.stderr.write(`  ${humanSize(e.bytes).padStart(10)}  ${e.path}\n`);
-  }
+  if (m.sizes) process.stderr.write(`\n${renderHeadline(m.sizes)}  (breakdown by package and directory: out/size-report.txt)\n`);
   process.stderr.write(`  SOURCE_DATE_EPOCH=${m.sourceDateEpoch}; built in ${m.buildSeconds}s\n\n`);
 }
 
