@@ -32,17 +32,9 @@ import {
 import type { SessionReport } from '../protocol/control.ts';
 import type { Pinhole } from './firewall.ts';
 import type { VpnHandle } from './openvpn.ts';
+import type { AuditEvent } from '../protocol/audit.ts';
 
-// --- the contract with the command branch (audit.ts / commands.ts) ----------
-
-export interface AuditEvent {
-  actor: string;
-  action: string;
-  instrument?: string;
-  outcome: string;
-  details?: Record<string, unknown>;
-}
-
+/** What sessions need of the audit log (src/rapd/audit.ts): append, nothing back. */
 export interface AuditSink {
   append(event: AuditEvent): Promise<unknown>;
 }

@@ -6,7 +6,8 @@ import { createLogger } from '../../../src/lib/log.ts';
 import type { ConsentRequestFrame } from '../../../src/protocol/instrument.ts';
 import type { Pinhole } from '../../../src/rapd/firewall.ts';
 import type { VpnHandle } from '../../../src/rapd/openvpn.ts';
-import { SessionManager, type AuditEvent, type Clock, type SessionRequest } from '../../../src/rapd/session.ts';
+import type { AuditEvent } from '../../../src/protocol/audit.ts';
+import { SessionManager, type Clock, type SessionRequest } from '../../../src/rapd/session.ts';
 
 /** A clock whose timers fire only when the test advances it. */
 function fakeClock(start = Date.parse('2026-11-23T12:00:00Z')): Clock & { advance(ms: number): void } {
