@@ -4,7 +4,7 @@
 // audit log. Only the daemon calls this; tests of the state machine use
 // session.ts with fakes.
 
-import { rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { writeFileDurable } from '../lib/durable.ts';
 import { RapError, errorMessage, isRapError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
@@ -39,6 +39,20 @@ function vpnTarget(config: Config): { host: string; port: number; serverName: st
 }
 
 /**
+ * Switches IPv4 forwarding, writing only a change. The image boots with
+ * forwarding off, and a sandbox that keeps /proc/sys read-only
+ * (ProtectKernelTunables) must not stop rapd from starting: it fails the
+ * first session instead, with the reason. Returns whether it wrote.
+ */
+export function setIpForwarding(path: string, on: boolean, log: Logger): boolean {
+  const want = on ? '1' : '0';
+  if (readFileSync(path, 'utf8').trim() === want) return false;
+  writeFileSync(path, `${want}\n`);
+  log.info(on ? 'ip forwarding on (a session is active)' : 'ip forwarding off');
+  return true;
+}
+
+/**
  * The session manager for this box, or null when no port has an interface.
  * At start nothing may be left open: a leftover openvpn (by its PID file) is
  * stopped and forwarding is switched off (the firewall was just applied
@@ -49,10 +63,7 @@ export function startSessionHost(d: SessionHostDeps): SessionManager | null {
   const net = netPorts(config);
   if (net.length === 0) return null;
   reapStaleVpns(paths.runtime, paths.proc, log);
-  const setForwarding = (on: boolean): void => {
-    writeFileSync(paths.ipForward, on ? '1\n' : '0\n');
-    log.info(on ? 'ip forwarding on (a session is active)' : 'ip forwarding off');
-  };
+  const setForwarding = (on: boolean): void => void setIpForwarding(paths.ipForward, on, log);
   setForwarding(false);
 
   const ports: SessionPort[] = [];

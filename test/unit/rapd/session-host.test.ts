@@ -1,8 +1,11 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import t from 'tap';
+import { createLogger } from '../../../src/lib/log.ts';
 import { RapError } from '../../../src/lib/errors.ts';
 import type { CommandHandler, VerifiedCommand } from '../../../src/rapd/commands.ts';
 import type { SessionManager, SessionRequest } from '../../../src/rapd/session.ts';
-import { localSessionRequest, registerSessionCommands } from '../../../src/rapd/session-host.ts';
+import { localSessionRequest, registerSessionCommands, setIpForwarding } from '../../../src/rapd/session-host.ts';
 
 function rig(open: (r: SessionRequest) => Promise<unknown>, ended = true) {
   const handlers = new Map<string, CommandHandler>();
@@ -49,4 +52,18 @@ t.test('session.close: ends by id as the center; unknown ids and bad args are er
 
 t.test('a local request is audited as the operator at the box', async (t) => {
   t.strictSame(localSessionRequest({ port: 'p2', services: [22], who: 'me', maxDurationS: 60 }), { port: 'p2', services: [22], who: 'me', why: '', maxDurationS: 60, actor: 'operator:local' });
+});
+
+t.test('ip forwarding is written only when it changes (a read-only /proc/sys must not stop rapd at start)', async (t) => {
+  const dir = t.testdir({ ip_forward: '0\n' });
+  const path = join(dir, 'ip_forward');
+  const lines: string[] = [];
+  const log = createLogger({ level: 'info', write: (l: string) => void lines.push(l) });
+  t.equal(setIpForwarding(path, false, log), false, 'already off: nothing written');
+  t.equal(lines.length, 0);
+  t.equal(setIpForwarding(path, true, log), true, 'a session turns it on');
+  t.equal(readFileSync(path, 'utf8'), '1\n');
+  t.equal(setIpForwarding(path, false, log), true, 'and off again');
+  t.equal(readFileSync(path, 'utf8'), '0\n');
+  t.match(lines.join(''), /ip forwarding on[\s\S]*ip forwarding off/);
 });
